@@ -1,0 +1,20 @@
+from pathlib import Path
+
+from setuptools import find_packages, setup
+
+requirements = [line.strip() for line in Path(__file__).with_name("requirements.txt").read_text().splitlines()
+                if line.strip() and not line.startswith("#")]
+
+setup(
+    name="strhub",
+    version="1.0.0",
+    description="CLIP4STR: scene text recognition with a pre-trained vision-language model",
+    long_description=Path(__file__).with_name("README.md").read_text(encoding="utf-8")
+    if Path(__file__).with_name("README.md").exists() else "",
+    long_description_content_type="text/markdown",
+    license="Apache-2.0",
+    python_requires=">=3.9",
+    packages=find_packages(include=["strhub", "strhub.*"]),
+    install_requires=requirements,
+    extras_require={"test": ["pytest>=7"]},
+)

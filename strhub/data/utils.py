@@ -1,0 +1,104 @@
+"""Character tokenizer and charset handling shared by the data pipeline and the models."""
+import re
+import string
+from pathlib import Path
+from typing import List, Optional, Sequence, Tuple
+
+import torch
+from torch import Tensor
+from torch.nn.utils.rnn import pad_sequence
+
+CHARSET_36 = string.digits + string.ascii_lowercase
+CHARSET_62 = CHARSET_36 + string.ascii_uppercase
+CHARSET_94 = CHARSET_62 + string.punctuation
+
+
+def load_charset(path: str) -> str:
+    """Read a charset file with one character per line (blank lines are ignored, a line holding a
+    single space counts as the space character). Duplicates keep their first position."""
+    file = Path(path)
+    if not file.is_file():
+        raise FileNotFoundError(f"charset file not found: {file}")
+    chars: List[str] = []
+    for number, line in enumerate(file.read_text(encoding="utf-8").splitlines(), start=1):
+        if not line:
+            continue
+        char = line if line == " " else line.strip()
+        if len(char) != 1:
+            raise ValueError(f"{file}:{number}: expected one character per line, got {line!r}")
+        if char not in chars:
+            chars.append(char)
+    if not chars:
+        raise ValueError(f"charset file {file} holds no characters")
+    return "".join(chars)
+
+
+class CharsetAdapter:
+    """Maps a label onto a target charset: case folding for single-case charsets, then removal of
+    every character the charset lacks."""
+
+    def __init__(self, target_charset: str) -> None:
+        self.charset = target_charset
+        self.lowercase_only = target_charset == target_charset.lower()
+        self.uppercase_only = target_charset == target_charset.upper()
+        self.unsupported = re.compile(f"[^{re.escape(target_charset)}]")
+
+    def __call__(self, label: str) -> str:
+        if self.lowercase_only:
+            label = label.lower()
+        elif self.uppercase_only:
+            label = label.upper()
+        return self.unsupported.sub("", label)
+
+
+class Tokenizer:
+    """Character tokenizer: EOS is id 0, the charset follows, then BOS and PAD."""
+
+    EOS = "[E]"
+    BOS = "[B]"
+    PAD = "[P]"
+
+    def __init__(self, charset: str) -> None:
+        self.charset = charset
+        self._itos: Tuple[str, ...] = (self.EOS,) + tuple(charset) + (self.BOS, self.PAD)
+        self._stoi = {s: i for i, s in enumerate(self._itos)}
+        self.eos_id, self.bos_id, self.pad_id = 0, len(charset) + 1, len(charset) + 2
+
+    def __len__(self) -> int:
+        return len(self._itos)
+
+    def encode(self, labels: Sequence[str], device: Optional[torch.device] = None) -> Tensor:
+        """`[BOS] + ids + [EOS]` per label, right-padded with PAD to the longest: (N, T + 2)."""
+        try:
+            batch = [torch.as_tensor([self.bos_id] + [self._stoi[c] for c in label] + [self.eos_id],
+                                     dtype=torch.long, device=device) for label in labels]
+        except KeyError as err:
+            raise ValueError(f"character {err.args[0]!r} is not in the tokenizer's charset") from None
+        return pad_sequence(batch, batch_first=True, padding_value=self.pad_id)
+
+    def ids_to_string(self, ids: Sequence[int]) -> str:
+        return "".join(self._itos[i] for i in ids)
+
+    def decode(self, token_dists: Tensor) -> Tuple[List[str], List[Tensor]]:
+        """Greedy decoding of (N, L, C) probabilities: each string is cut before its first EOS, and
+        its probabilities keep the EOS position (all positions when there is no EOS)."""
+        strings, probs = [], []
+        max_probs, max_ids = token_dists.max(-1)
+        for sample_probs, ids in zip(max_probs, max_ids.tolist()):
+            length = ids.index(self.eos_id) if self.eos_id in ids else len(ids)
+            strings.append(self.ids_to_string(ids[:length]))
+            probs.append(sample_probs[:length + 1])
+        return strings, probs
+
+    def decode_fast(self, token_dists: Tensor,
+                    charset_adapter: Optional[CharsetAdapter] = None) -> Tuple[List[str], List[Tensor]]:
+        """Caption decoding as the original does it: all ids, EOS rendered as the text `[E]`, are
+        joined and the string is cut at the first `[E]` substring (a genuine `[`, `E`, `]` sequence
+        cuts it too), then the adapter is applied."""
+        strings, probs = [], []
+        max_probs, max_ids = token_dists.max(-1)
+        for sample_probs, ids in zip(max_probs, max_ids.tolist()):
+            text = self.ids_to_string(ids).partition(self.EOS)[0]
+            probs.append(sample_probs[:len(text) + 1])
+            strings.append(charset_adapter(text) if charset_adapter is not None else text)
+        return strings, probs

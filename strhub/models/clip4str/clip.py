@@ -1,0 +1,177 @@
+"""The CLIP backbone of CLIP4STR, built with open_clip.
+
+CLIP4STR modifies CLIP in ways its released checkpoints depend on, so the backbone is built as the
+original built it, whatever the weights' source: QuickGELU in both towers, heads = width // 64
+(20 vision heads for ViT-H/14), pretrained weights rounded through float16, image features for
+all tokens after `ln_post` and the projection, and text features for all positions of a short
+causal context.
+"""
+import math
+import zipfile
+from pathlib import Path
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
+
+import regex
+import torch
+from open_clip.model import CLIP, CLIPTextCfg, CLIPVisionCfg
+from open_clip.factory import get_model_config
+from open_clip.tokenizer import SimpleTokenizer
+from torch import Tensor, nn
+
+HEAD_WIDTH = 64
+ClipArch = Dict[str, Any]
+
+
+def arch_from_state_dict(state_dict: Mapping[str, Tensor],
+                         image_size: Optional[Sequence[int]] = None) -> ClipArch:
+    """Reads a ViT CLIP architecture off the tensors of an OpenAI-layout state dict.
+
+    `image_size` (H, W) is needed only for non-square inputs: a square grid is assumed otherwise.
+    """
+    if "visual.proj" not in state_dict:
+        raise ValueError("not a ViT CLIP state dict: it has no 'visual.proj' tensor")
+    width = state_dict["visual.conv1.weight"].shape[0]
+    patch = state_dict["visual.conv1.weight"].shape[-1]
+    num_tokens = state_dict["visual.positional_embedding"].shape[0] - 1
+    if image_size is None or (image_size[0] // patch) * (image_size[1] // patch) != num_tokens:
+        grid = round(math.sqrt(num_tokens))
+        image_size = (patch * grid, patch * grid)
+    text_width = state_dict["ln_final.weight"].shape[0]
+    return {
+        "embed_dim": state_dict["text_projection"].shape[1],
+        "vision_cfg": {
+            "image_size": list(image_size),
+            "patch_size": patch,
+            "width": width,
+            "layers": _count_blocks(state_dict, "visual.transformer.resblocks."),
+        },
+        "text_cfg": {
+            "context_length": state_dict["positional_embedding"].shape[0],
+            "vocab_size": state_dict["token_embedding.weight"].shape[0],
+            "width": text_width,
+            "layers": _count_blocks(state_dict, "transformer.resblocks."),
+        },
+    }
+
+
+def _count_blocks(state_dict: Mapping[str, Tensor], prefix: str) -> int:
+    return len({key[len(prefix):].split(".")[0] for key in state_dict if key.startswith(prefix)})
+
+
+def arch_from_name(name: str, image_size: Optional[Sequence[int]] = None) -> ClipArch:
+    """An open_clip architecture by name (e.g. `ViT-B-16`), reduced to the fields CLIP4STR uses."""
+    config = get_model_config(name)
+    if config is None or "width" not in config.get("vision_cfg", {}):
+        raise ValueError(f"unknown open_clip ViT architecture {name!r}")
+    vision, text = config["vision_cfg"], config["text_cfg"]
+    size = image_size or vision["image_size"]
+    return {
+        "embed_dim": config["embed_dim"],
+        "vision_cfg": {"image_size": list(size) if isinstance(size, Sequence) else [size, size],
+                       "patch_size": vision["patch_size"], "width": vision["width"], "layers": vision["layers"]},
+        "text_cfg": {"context_length": text.get("context_length", 77), "vocab_size": text.get("vocab_size", 49408),
+                     "width": text["width"], "layers": text["layers"]},
+    }
+
+
+def build_clip(arch: Mapping[str, Any]) -> CLIP:
+    """A randomly initialised open_clip CLIP with the original's modifications (QuickGELU, 64-wide heads)."""
+    vision = dict(arch["vision_cfg"])
+    text = dict(arch["text_cfg"])
+    size = vision.pop("image_size")
+    vision_cfg = CLIPVisionCfg(image_size=tuple(size) if isinstance(size, Sequence) else size,
+                               head_width=HEAD_WIDTH, **vision)
+    text_cfg = CLIPTextCfg(heads=text["width"] // HEAD_WIDTH, **text)
+    return CLIP(arch["embed_dim"], vision_cfg, text_cfg, quick_gelu=True)
+
+
+def read_clip_state_dict(path: Union[str, Path]) -> Dict[str, Tensor]:
+    """Loads CLIP weights from OpenAI's TorchScript `.pt` archives or open_clip state-dict files.
+
+    The format is told from the file's contents, not its name.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"CLIP weight file not found: {path} (set model.clip_pretrained to a local "
+                                f"OpenAI .pt or OpenCLIP .bin file, or to null for a random CLIP)")
+    if zipfile.is_zipfile(path) and _is_torchscript(path):
+        state_dict = torch.jit.load(str(path), map_location="cpu").state_dict()
+    else:
+        try:
+            state_dict = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as err:
+            raise ValueError(f"{path} is neither a TorchScript archive nor a PyTorch state dict: {err}") from err
+        for key in ("state_dict", "model"):
+            if isinstance(state_dict, dict) and isinstance(state_dict.get(key), dict):
+                state_dict = state_dict[key]
+    if not isinstance(state_dict, dict) or "visual.proj" not in state_dict:
+        raise ValueError(f"{path} does not hold a CLIP ViT state dict (no 'visual.proj' key)")
+    return {k: v for k, v in state_dict.items() if k not in ("input_resolution", "context_length", "vocab_size")}
+
+
+def _is_torchscript(path: Path) -> bool:
+    with zipfile.ZipFile(path) as archive:
+        return any(name.endswith("constants.pkl") or "/code/" in name for name in archive.namelist())
+
+
+def round_to_fp16(model: CLIP) -> None:
+    """Rounds the tensors that OpenAI's `build_model` stores in float16 (linear and convolution
+    weights and biases, attention input projections, the two projections) through float16."""
+    tensors: List[Tensor] = [model.visual.proj, model.text_projection]
+    for module in model.modules():
+        if isinstance(module, (nn.Linear, nn.Conv2d)):
+            tensors += [module.weight, module.bias]
+        elif isinstance(module, nn.MultiheadAttention):
+            tensors += [module.in_proj_weight, module.in_proj_bias]
+    with torch.no_grad():
+        for tensor in tensors:
+            if tensor is not None:
+                tensor.copy_(tensor.half().float())
+
+
+def load_pretrained_clip(path: Union[str, Path], image_size: Optional[Sequence[int]] = None) -> Tuple[CLIP, ClipArch]:
+    """Builds CLIP from a pretrained weight file, as the original's `clip.load` did."""
+    state_dict = read_clip_state_dict(path)
+    arch = arch_from_state_dict(state_dict, image_size)
+    model = build_clip(arch)
+    model.load_state_dict({k: v.float() for k, v in state_dict.items()}, strict=True)
+    round_to_fp16(model)
+    return model, arch
+
+
+def encode_image_tokens(clip: CLIP, images: Tensor, projection: bool = True) -> Tensor:
+    """All image tokens (CLS first) after `ln_post`, projected to the joint space unless told not
+    to: (N, 1 + grid, D)."""
+    visual = clip.visual
+    x = visual.conv1(images.to(visual.conv1.weight.dtype)).flatten(2).transpose(1, 2)
+    cls = visual.class_embedding.to(x.dtype).expand(x.shape[0], 1, -1)
+    x = torch.cat([cls, x], dim=1) + visual.positional_embedding.to(x.dtype)
+    x = visual.transformer(visual.ln_pre(x))
+    x = visual.ln_post(x)
+    return x @ visual.proj if projection else x
+
+
+def encode_text_tokens(clip: CLIP, token_ids: Tensor) -> Tensor:
+    """Features of every position of a short causal context, projected: (N, L, D)."""
+    length = token_ids.shape[1]
+    x = clip.token_embedding(token_ids) + clip.positional_embedding[:length]
+    x = clip.transformer(x, attn_mask=clip.attn_mask[:length, :length])
+    return clip.ln_final(x) @ clip.text_projection
+
+
+class CaptionTokenizer(SimpleTokenizer):
+    """open_clip's CLIP BPE tokenizer, pre-tokenising like OpenAI's: its special strings are
+    `<|startoftext|>` / `<|endoftext|>`, which a caption made with a punctuation charset may hold."""
+
+    def __init__(self, context_length: int) -> None:
+        super().__init__(context_length=context_length)
+        self.pat = regex.compile(r"<\|startoftext\|>|<\|endoftext\|>|'s|'t|'re|'ve|'m|'ll|'d|[\p{L}]+|[\p{N}]|"
+                                 r"[^\s\p{L}\p{N}]+", regex.IGNORECASE)
+        self.cache = {"<|startoftext|>": "<start_of_text>", "<|endoftext|>": "<end_of_text>"}
+
+
+def arch_to_config(arch: ClipArch) -> Dict[str, Any]:
+    """A plain-data copy of an architecture, fit for hyper-parameters."""
+    return {"embed_dim": int(arch["embed_dim"]),
+            "vision_cfg": {k: (list(v) if isinstance(v, (tuple, list)) else int(v)) for k, v in arch["vision_cfg"].items()},
+            "text_cfg": {k: int(v) for k, v in arch["text_cfg"].items()}}

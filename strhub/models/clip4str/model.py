@@ -1,0 +1,200 @@
+"""CLIP4STR as a plain `nn.Module`: CLIP image encoder, visual decoder, and the cross-modal decoder
+that reads the image together with the CLIP text encoding of the visual branch's prediction."""
+from typing import List, Optional, Tuple
+
+import torch
+from open_clip.model import CLIP
+from torch import Tensor, nn
+
+from strhub.data.utils import CharsetAdapter, Tokenizer
+from strhub.models.clip4str.clip import CaptionTokenizer, encode_image_tokens, encode_text_tokens
+from strhub.models.decoder import Decoder, DecodeState, KeyValue
+
+
+def cloze_mask(size: int, device: torch.device) -> Tensor:
+    """Additive (size, size) mask hiding only position r + 1 from row r."""
+    mask = torch.zeros(size, size, device=device)
+    mask.diagonal(1).fill_(float("-inf"))
+    return mask
+
+
+class CLIP4STR(nn.Module):
+    """The model; attribute names follow the original's state-dict layout
+    (`clip_model.*`, `visual_decoder.*`, `cross_decoder.*`)."""
+
+    def __init__(self, clip_model: CLIP, charset_train: str, charset_test: str, max_label_length: int,
+                 context_length: int, dec_num_heads: int, dec_mlp_ratio: int, dec_depth: int, dropout: float,
+                 decode_ar: bool, refine_iters: int, use_language_model: bool, image_detach: bool,
+                 use_share_dim: bool, clip_cls_eot_feature: bool, cross_token_embeding: bool,
+                 image_freeze_nlayer: int, text_freeze_nlayer: int) -> None:
+        super().__init__()
+        self.tokenizer = Tokenizer(charset_train)
+        self.charset_adapter = CharsetAdapter(charset_test)
+        self.caption_tokenizer = CaptionTokenizer(context_length)
+        self.max_label_length = max_label_length
+        self.context_length = context_length
+        self.decode_ar = decode_ar
+        self.refine_iters = refine_iters
+        self.use_language_model = use_language_model
+        self.image_detach = image_detach
+        self.use_share_dim = use_share_dim
+        self.clip_cls_eot_feature = clip_cls_eot_feature
+        self.cross_token_embeding = cross_token_embeding
+
+        self.clip_model = clip_model
+        embed_dim = clip_model.text_projection.shape[-1]
+        visual_dim = embed_dim if use_share_dim else clip_model.visual.proj.shape[0]
+        decoder_args = dict(num_heads=dec_num_heads, mlp_ratio=dec_mlp_ratio, depth=dec_depth, dropout=dropout,
+                            num_classes=len(self.tokenizer) - 2, charset_size=len(self.tokenizer),
+                            num_queries=max_label_length + 1)
+        self.visual_decoder = Decoder(visual_dim, **decoder_args)
+        self.cross_decoder = Decoder(embed_dim, **decoder_args) if use_language_model else None
+        self.image_frozen_blocks, self.image_frozen = self._freeze_image_tower(image_freeze_nlayer)
+        self.text_frozen_blocks, self.text_frozen = self._freeze_text_tower(text_freeze_nlayer)
+
+    def _freeze_image_tower(self, num_blocks: int) -> Tuple[int, bool]:
+        """Freezes the vision blocks below `num_blocks` with the class and positional embeddings;
+        the patch embedding, `ln_pre`, `ln_post` and the projection keep training. Every block
+        frozen freezes the whole tower."""
+        visual = self.clip_model.visual
+        depth = len(visual.transformer.resblocks)
+        if num_blocks < 0:
+            return 0, False
+        if num_blocks >= depth:
+            visual.requires_grad_(False)
+            return depth, True
+        visual.class_embedding.requires_grad_(False)
+        visual.positional_embedding.requires_grad_(False)
+        for block in visual.transformer.resblocks[:num_blocks]:
+            block.requires_grad_(False)
+        return num_blocks, False
+
+    def _freeze_text_tower(self, num_blocks: int) -> Tuple[int, bool]:
+        """Freezes the token and positional embeddings, `logit_scale` and the text blocks below
+        `num_blocks`; `ln_final` and the projection keep training unless every block is frozen."""
+        clip = self.clip_model
+        depth = len(clip.transformer.resblocks)
+        if num_blocks < 0:
+            return 0, False
+        for param in (clip.token_embedding.weight, clip.positional_embedding, clip.logit_scale):
+            param.requires_grad_(False)
+        for block in clip.transformer.resblocks[:num_blocks]:
+            block.requires_grad_(False)
+        if num_blocks >= depth:
+            clip.ln_final.requires_grad_(False)
+            clip.text_projection.requires_grad_(False)
+            return depth, True
+        return num_blocks, False
+
+    def train(self, mode: bool = True) -> "CLIP4STR":
+        """Frozen CLIP blocks stay in eval mode."""
+        super().train(mode)
+        if mode:
+            for block in self.clip_model.visual.transformer.resblocks[:self.image_frozen_blocks]:
+                block.eval()
+            for block in self.clip_model.transformer.resblocks[:self.text_frozen_blocks]:
+                block.eval()
+            if self.text_frozen:
+                self.clip_model.ln_final.eval()
+        return self
+
+    @property
+    def bos_id(self) -> int:
+        return self.tokenizer.bos_id
+
+    @property
+    def eos_id(self) -> int:
+        return self.tokenizer.eos_id
+
+    @property
+    def pad_id(self) -> int:
+        return self.tokenizer.pad_id
+
+    def encode(self, images: Tensor) -> Tensor:
+        """The visual decoder's memory: CLIP image tokens after `ln_post` (N, M, D), projected to the
+        joint space when the decoders share its width, the CLS token alone if so configured."""
+        with torch.set_grad_enabled(torch.is_grad_enabled() and not self.image_frozen):
+            tokens = encode_image_tokens(self.clip_model, images, projection=self.use_share_dim)
+        return tokens[:, :1] if self.clip_cls_eot_feature else tokens
+
+    def cross_memory(self, visual_logits: Tensor, image_memory: Tensor) -> Tensor:
+        """`[image tokens ; text tokens]`: the text tokens encode the caption read off `visual_logits`."""
+        image = image_memory.detach() if self.image_detach else image_memory
+        if not self.use_share_dim:
+            image = image @ self.clip_model.visual.proj
+        captions, _ = self.tokenizer.decode_fast(visual_logits.detach().softmax(-1), self.charset_adapter)
+        return torch.cat([image, self.encode_captions(captions, image.device)], dim=1)
+
+    def encode_captions(self, captions: List[str], device: torch.device) -> Tensor:
+        """CLIP text features of the captions (N, context_length, D)."""
+        token_ids = self.caption_tokenizer(captions, self.context_length).to(device)
+        with torch.set_grad_enabled(torch.is_grad_enabled() and not self.text_frozen):
+            if self.cross_token_embeding:
+                return self.clip_model.token_embedding(token_ids)
+            features = encode_text_tokens(self.clip_model, token_ids)
+            if self.clip_cls_eot_feature:
+                features = features[torch.arange(len(features)), token_ids.argmax(-1)].unsqueeze(1)
+            return features
+
+    def forward(self, images: Tensor, max_length: Optional[int] = None) -> Tensor:
+        """Logits (N, L, C) of the final branch. Without `max_length` (testing) greedy decoding stops
+        once every sample of the batch has produced EOS."""
+        testing = max_length is None
+        max_length = self.max_label_length if testing else min(max_length, self.max_label_length)
+        num_steps = max_length + 1
+        memory = self.encode(images)
+        visual_kv = self.visual_decoder.memory_kv(memory)
+        batch, device = images.shape[0], images.device
+        bos = torch.full((batch, 1), self.bos_id, dtype=torch.long, device=device)
+
+        if self.decode_ar:
+            tokens = torch.full((batch, num_steps), self.pad_id, dtype=torch.long, device=device)
+            tokens[:, 0] = self.bos_id
+            logits = self._decode_greedy(self.visual_decoder, visual_kv, tokens, num_steps, stop_early=testing)
+        else:
+            logits = self.visual_decoder(bos, visual_kv, self._queries(self.visual_decoder, batch, num_steps))
+
+        cross_logits = None
+        if self.use_language_model:
+            cross_kv = self.cross_decoder.memory_kv(self.cross_memory(logits, memory))
+            if self.decode_ar:
+                cross_logits = self._decode_greedy(self.cross_decoder, cross_kv, tokens, logits.shape[1],
+                                                   stop_early=False)
+            else:
+                cross_logits = self.cross_decoder(bos, cross_kv, self._queries(self.cross_decoder, batch, num_steps))
+
+        if self.refine_iters:
+            mask = cloze_mask(num_steps, device)
+            for _ in range(self.refine_iters):
+                logits = self._refine(self.visual_decoder, visual_kv, logits, bos, mask)
+                if self.use_language_model:
+                    cross_kv = self.cross_decoder.memory_kv(self.cross_memory(logits, memory))
+                    cross_logits = self._refine(self.cross_decoder, cross_kv, cross_logits, bos, mask)
+        return cross_logits if self.use_language_model else logits
+
+    @staticmethod
+    def _queries(decoder: Decoder, batch: int, num_steps: int) -> Tensor:
+        return decoder.pos_queries[:, :num_steps].expand(batch, -1, -1)
+
+    def _decode_greedy(self, decoder: Decoder, memory_kv: List[KeyValue], tokens: Tensor, num_steps: int,
+                       stop_early: bool) -> Tensor:
+        """Greedy decoding that writes each step's argmax into `tokens` (N, S) after the BOS."""
+        state = DecodeState(memory_kv, [[] for _ in decoder.layers])
+        logits = []
+        for i in range(num_steps):
+            step_logits = decoder.step(state, tokens[:, i], i)
+            logits.append(step_logits)
+            if i + 1 < num_steps:
+                tokens[:, i + 1] = step_logits[:, 0].argmax(-1)
+                if stop_early and (tokens[:, :i + 2] == self.eos_id).any(-1).all():
+                    break
+        return torch.cat(logits, dim=1)
+
+    def _refine(self, decoder: Decoder, memory_kv: List[KeyValue], logits: Tensor, bos: Tensor,
+                mask: Tensor) -> Tensor:
+        """One cloze pass over all position queries, the context being the previous prediction."""
+        context = torch.cat([bos, logits[:, :-1].argmax(-1)], dim=1)
+        padding = (context == self.eos_id).cumsum(-1) > 0
+        length = context.shape[1]
+        queries = self._queries(decoder, len(context), mask.shape[0])
+        return decoder(context, memory_kv, queries, mask[:, :length], mask[:length, :length], padding)

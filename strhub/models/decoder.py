@@ -1,0 +1,176 @@
+"""The two-stream (query / content) decoder of PARSeq, as CLIP4STR bundles it: each decoder owns its
+token embedding, position queries, final norm and head.
+
+Attention runs through `scaled_dot_product_attention` on the weights of `nn.MultiheadAttention`
+modules (kept for their state-dict names). The keys and values of a decoder's memory are projected
+once per pass, and greedy decoding caches the content keys and values of past positions.
+"""
+import math
+from dataclasses import dataclass, field
+from typing import List, Optional, Tuple
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+KeyValue = Tuple[Tensor, Tensor]
+
+
+def _heads(x: Tensor, num_heads: int) -> Tensor:
+    """(N, L, D) -> (N, H, L, D / H)."""
+    return x.unflatten(-1, (num_heads, -1)).transpose(1, 2)
+
+
+def project_kv(attn: nn.MultiheadAttention, x: Tensor) -> KeyValue:
+    """Keys and values of `x` for `attn`, split into heads."""
+    dim = attn.embed_dim
+    weight, bias = attn.in_proj_weight[dim:], attn.in_proj_bias[dim:]
+    key, value = F.linear(x, weight, bias).chunk(2, dim=-1)
+    return _heads(key, attn.num_heads), _heads(value, attn.num_heads)
+
+
+def attend(attn: nn.MultiheadAttention, query: Tensor, kv: KeyValue, mask: Optional[Tensor] = None) -> Tensor:
+    """Multi-head attention of `query` (N, L, D) over projected keys and values; `mask` is additive."""
+    dim = attn.embed_dim
+    q = _heads(F.linear(query, attn.in_proj_weight[:dim], attn.in_proj_bias[:dim]), attn.num_heads)
+    dropout = attn.dropout if attn.training else 0.0
+    out = F.scaled_dot_product_attention(q, kv[0], kv[1], attn_mask=mask, dropout_p=dropout)
+    return attn.out_proj(out.transpose(1, 2).flatten(2))
+
+
+def merge_masks(attn_mask: Optional[Tensor], padding_mask: Optional[Tensor]) -> Optional[Tensor]:
+    """One additive mask broadcastable to (N, H, Lq, Lk) from an (Lq, Lk) float mask and an (N, Lk)
+    boolean key-padding mask."""
+    if padding_mask is None:
+        return attn_mask
+    padding = torch.zeros(padding_mask.shape, dtype=torch.float, device=padding_mask.device)
+    padding = padding.masked_fill(padding_mask, float("-inf"))[:, None, None, :]
+    return padding if attn_mask is None else padding + attn_mask
+
+
+class DecoderLayer(nn.Module):
+    """A pre-LN two-stream decoder layer: both streams share the attention and MLP weights."""
+
+    def __init__(self, d_model: int, nhead: int, dim_feedforward: int, dropout: float,
+                 layer_norm_eps: float = 1e-5) -> None:
+        super().__init__()
+        self.self_attn = nn.MultiheadAttention(d_model, nhead, dropout=dropout, batch_first=True)
+        self.cross_attn = nn.MultiheadAttention(d_model, nhead, dropout=dropout, batch_first=True)
+        self.linear1 = nn.Linear(d_model, dim_feedforward)
+        self.dropout = nn.Dropout(dropout)
+        self.linear2 = nn.Linear(dim_feedforward, d_model)
+        self.norm1 = nn.LayerNorm(d_model, eps=layer_norm_eps)
+        self.norm2 = nn.LayerNorm(d_model, eps=layer_norm_eps)
+        self.norm_q = nn.LayerNorm(d_model, eps=layer_norm_eps)
+        self.norm_c = nn.LayerNorm(d_model, eps=layer_norm_eps)
+        self.dropout1 = nn.Dropout(dropout)
+        self.dropout2 = nn.Dropout(dropout)
+        self.dropout3 = nn.Dropout(dropout)
+
+    def stream(self, x: Tensor, x_norm: Tensor, self_kv: KeyValue, memory_kv: KeyValue,
+               mask: Optional[Tensor]) -> Tensor:
+        """One stream: self-attention over the content keys/values, cross-attention over the memory, MLP."""
+        x = x + self.dropout1(attend(self.self_attn, x_norm, self_kv, mask))
+        x = x + self.dropout2(attend(self.cross_attn, self.norm1(x), memory_kv))
+        return x + self.dropout3(self.linear2(self.dropout(F.gelu(self.linear1(self.norm2(x))))))
+
+    def forward(self, query: Tensor, content: Tensor, memory_kv: KeyValue, query_mask: Optional[Tensor],
+                content_mask: Optional[Tensor], update_content: bool) -> Tuple[Tensor, Tensor]:
+        content_norm = self.norm_c(content)
+        content_kv = project_kv(self.self_attn, content_norm)
+        query = self.stream(query, self.norm_q(query), content_kv, memory_kv, query_mask)
+        if update_content:
+            content = self.stream(content, content_norm, content_kv, memory_kv, content_mask)
+        return query, content
+
+
+class TokenEmbedding(nn.Module):
+
+    def __init__(self, charset_size: int, embed_dim: int) -> None:
+        super().__init__()
+        self.embedding = nn.Embedding(charset_size, embed_dim)
+        self.embed_dim = embed_dim
+
+    def forward(self, tokens: Tensor) -> Tensor:
+        return math.sqrt(self.embed_dim) * self.embedding(tokens)
+
+
+@dataclass
+class DecodeState:
+    """What greedy decoding keeps between steps: the memory's and past content's keys and values."""
+    memory_kv: List[KeyValue]
+    content_kv: List[List[KeyValue]] = field(default_factory=list)
+
+
+class Decoder(nn.Module):
+    """Embeds the context, runs the layers on the position queries and predicts a class per query."""
+
+    def __init__(self, embed_dim: int, num_heads: int, mlp_ratio: int, depth: int, dropout: float,
+                 num_classes: int, charset_size: int, num_queries: int) -> None:
+        super().__init__()
+        self.layers = nn.ModuleList(
+            DecoderLayer(embed_dim, num_heads, embed_dim * mlp_ratio, dropout) for _ in range(depth))
+        self.text_embed = TokenEmbedding(charset_size, embed_dim)
+        self.pos_queries = nn.Parameter(torch.empty(1, num_queries, embed_dim))
+        self.norm = nn.LayerNorm(embed_dim)
+        self.dropout = nn.Dropout(dropout)
+        self.head = nn.Linear(embed_dim, num_classes)
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """The original's initialisation: truncated normal (std 0.02) for linear weights (biases zero),
+        embeddings and position queries; the attention input projections keep PyTorch's defaults."""
+        for module in self.modules():
+            if isinstance(module, nn.Linear):
+                nn.init.trunc_normal_(module.weight, std=0.02)
+                nn.init.zeros_(module.bias)
+            elif isinstance(module, nn.Embedding):
+                nn.init.trunc_normal_(module.weight, std=0.02)
+            elif isinstance(module, nn.LayerNorm):
+                nn.init.ones_(module.weight)
+                nn.init.zeros_(module.bias)
+        nn.init.trunc_normal_(self.pos_queries, std=0.02)
+
+    def memory_kv(self, memory: Tensor) -> List[KeyValue]:
+        """Each layer's cross-attention keys and values of `memory`."""
+        return [project_kv(layer.cross_attn, memory) for layer in self.layers]
+
+    def embed_content(self, tokens: Tensor, start: int = 0) -> Tensor:
+        """Content embeddings of `tokens` placed at positions `start...`: position 0 (BOS) has no
+        positional term, position k > 0 gets `pos_queries[k - 1]`."""
+        embedded = self.text_embed(tokens)
+        positions = torch.arange(start, start + tokens.shape[1], device=tokens.device)
+        pos = self.pos_queries[0, (positions - 1).clamp(min=0)] * (positions > 0).unsqueeze(-1)
+        return embedded + pos
+
+    def forward(self, tokens: Tensor, memory_kv: List[KeyValue], queries: Optional[Tensor] = None,
+                query_mask: Optional[Tensor] = None, content_mask: Optional[Tensor] = None,
+                padding_mask: Optional[Tensor] = None) -> Tensor:
+        """Logits (N, Q, C) for the queries (default: the first L position queries) given the context
+        `tokens` (N, L), BOS first. Masks are additive (Q, L) / (L, L); `padding_mask` is (N, L)."""
+        content = self.dropout(self.embed_content(tokens))
+        if queries is None:
+            queries = self.pos_queries[:, :tokens.shape[1]].expand(tokens.shape[0], -1, -1)
+        query = self.dropout(queries)
+        query_mask = merge_masks(query_mask, padding_mask)
+        content_mask = merge_masks(content_mask, padding_mask)
+        for i, layer in enumerate(self.layers):
+            query, content = layer(query, content, memory_kv[i], query_mask, content_mask,
+                                   update_content=i < len(self.layers) - 1)
+        return self.head(self.norm(query))
+
+    def step(self, state: DecodeState, token: Tensor, position: int) -> Tensor:
+        """One greedy step: adds content position `position` holding `token` (N,) and returns the
+        logits (N, 1, C) of the query at that position, which sees every content position so far.
+        Past positions never see later ones, so their keys and values are reused as cached."""
+        content = self.embed_content(token[:, None], start=position)
+        query = self.pos_queries[:, position:position + 1].expand(token.shape[0], -1, -1)
+        for i, layer in enumerate(self.layers):
+            content_norm = layer.norm_c(content)
+            state.content_kv[i].append(project_kv(layer.self_attn, content_norm))
+            keys, values = zip(*state.content_kv[i])
+            content_kv = (torch.cat(keys, dim=2), torch.cat(values, dim=2))
+            query = layer.stream(query, layer.norm_q(query), content_kv, state.memory_kv[i], None)
+            if i < len(self.layers) - 1:
+                content = layer.stream(content, content_norm, content_kv, state.memory_kv[i], None)
+        return self.head(self.norm(query))

@@ -1,0 +1,1 @@
+"""Command-line tools for making and inspecting scene-text datasets."""

@@ -1,0 +1,30 @@
+from pathlib import Path
+
+import pytest
+import torch
+
+from strhub.models.clip4str.system import CLIP4STRSystem
+from strhub.models.utils import model_config
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATA = REPO.parent / "shared" / "data"
+
+TINY_ARCH = {
+    "embed_dim": 64,
+    "vision_cfg": {"image_size": [32, 64], "patch_size": 16, "width": 64, "layers": 2},
+    "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 64, "layers": 2},
+}
+
+
+def make_tiny_model(**overrides) -> CLIP4STRSystem:
+    """A very small CLIP4STR with random weights (32x64 images, 8 image tokens + CLS)."""
+    config = model_config()
+    config.update(img_size=[32, 64], clip_arch=TINY_ARCH, dec_num_heads=4, text_freeze_nlayer=1)
+    config.update(overrides)
+    return CLIP4STRSystem(**config)
+
+
+@pytest.fixture
+def tiny_model() -> CLIP4STRSystem:
+    torch.manual_seed(0)
+    return make_tiny_model()
