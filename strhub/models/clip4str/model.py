@@ -1,6 +1,6 @@
 """CLIP4STR as a plain `nn.Module`: CLIP image encoder, visual decoder, and the cross-modal decoder
 that reads the image together with the CLIP text encoding of the visual branch's prediction."""
-from typing import List, Optional, Tuple
+from typing import Dict, List, Optional, Tuple
 
 import torch
 from open_clip.model import CLIP
@@ -117,24 +117,39 @@ class CLIP4STR(nn.Module):
             tokens = encode_image_tokens(self.clip_model, images, projection=self.use_share_dim)
         return tokens[:, :1] if self.clip_cls_eot_feature else tokens
 
-    def cross_memory(self, visual_logits: Tensor, image_memory: Tensor) -> Tensor:
-        """`[image tokens ; text tokens]`: the text tokens encode the caption read off `visual_logits`."""
+    def cross_image_kv(self, image_memory: Tensor) -> List[KeyValue]:
+        """The cross decoder's keys and values of the image part of its memory."""
         image = image_memory.detach() if self.image_detach else image_memory
         if not self.use_share_dim:
             image = image @ self.clip_model.visual.proj
-        captions, _ = self.tokenizer.decode_fast(visual_logits.detach().softmax(-1), self.charset_adapter)
-        return torch.cat([image, self.encode_captions(captions, image.device)], dim=1)
+        return self.cross_decoder.memory_kv(image)
 
-    def encode_captions(self, captions: List[str], device: torch.device) -> Tensor:
-        """CLIP text features of the captions (N, context_length, D)."""
-        token_ids = self.caption_tokenizer(captions, self.context_length).to(device)
-        with torch.set_grad_enabled(torch.is_grad_enabled() and not self.text_frozen):
-            if self.cross_token_embeding:
-                return self.clip_model.token_embedding(token_ids)
-            features = encode_text_tokens(self.clip_model, token_ids)
-            if self.clip_cls_eot_feature:
-                features = features[torch.arange(len(features)), token_ids.argmax(-1)].unsqueeze(1)
-            return features
+    def caption_kv(self, visual_logits: Tensor, cache: Dict[str, Tensor]) -> List[KeyValue]:
+        """The cross decoder's keys and values of the text part of its memory: the CLIP encoding of
+        the caption read off `visual_logits`. Captions already in `cache` are not encoded again."""
+        captions, _ = self.tokenizer.decode_fast(visual_logits.detach().softmax(-1), self.charset_adapter)
+        return self.cross_decoder.memory_kv(self.encode_captions(captions, visual_logits.device, cache))
+
+    def encode_captions(self, captions: List[str], device: torch.device, cache: Dict[str, Tensor]) -> Tensor:
+        """CLIP text features of the captions (N, context_length, D), each distinct caption encoded once."""
+        new = sorted(set(captions) - cache.keys())
+        if new:
+            token_ids = self.caption_tokenizer(new, self.context_length).to(device)
+            with torch.set_grad_enabled(torch.is_grad_enabled() and not self.text_frozen):
+                if self.cross_token_embeding:
+                    features = self.clip_model.token_embedding(token_ids)
+                else:
+                    features = encode_text_tokens(self.clip_model, token_ids)
+                    if self.clip_cls_eot_feature:
+                        features = features[torch.arange(len(features)), token_ids.argmax(-1)].unsqueeze(1)
+            cache.update(zip(new, features))
+        return torch.stack([cache[caption] for caption in captions])
+
+    @staticmethod
+    def join_kv(image_kv: List[KeyValue], text_kv: List[KeyValue]) -> List[KeyValue]:
+        """Keys and values of the memory `[image ; text]` from those of its parts."""
+        return [(torch.cat([ik, tk], dim=2), torch.cat([iv, tv], dim=2))
+                for (ik, iv), (tk, tv) in zip(image_kv, text_kv)]
 
     def forward(self, images: Tensor, max_length: Optional[int] = None) -> Tensor:
         """Logits (N, L, C) of the final branch. Without `max_length` (testing) greedy decoding stops
@@ -156,7 +171,8 @@ class CLIP4STR(nn.Module):
 
         cross_logits = None
         if self.use_language_model:
-            cross_kv = self.cross_decoder.memory_kv(self.cross_memory(logits, memory))
+            image_kv, captions = self.cross_image_kv(memory), {}
+            cross_kv = self.join_kv(image_kv, self.caption_kv(logits, captions))
             if self.decode_ar:
                 cross_logits = self._decode_greedy(self.cross_decoder, cross_kv, tokens, logits.shape[1],
                                                    stop_early=False)
@@ -168,7 +184,7 @@ class CLIP4STR(nn.Module):
             for _ in range(self.refine_iters):
                 logits = self._refine(self.visual_decoder, visual_kv, logits, bos, mask)
                 if self.use_language_model:
-                    cross_kv = self.cross_decoder.memory_kv(self.cross_memory(logits, memory))
+                    cross_kv = self.join_kv(image_kv, self.caption_kv(logits, captions))
                     cross_logits = self._refine(self.cross_decoder, cross_kv, cross_logits, bos, mask)
         return cross_logits if self.use_language_model else logits
 

@@ -11,7 +11,6 @@ from torch.optim.lr_scheduler import OneCycleLR
 from strhub.models.base import CrossEntropySystem
 from strhub.models.clip4str.clip import arch_from_name, arch_to_config, build_clip, load_pretrained_clip
 from strhub.models.clip4str.model import CLIP4STR, cloze_mask
-from strhub.models.decoder import KeyValue
 
 NO_DECAY_MARKERS = ("bn", "ln", "bias", "logit_scale", "pos_queries", "text_embed")
 
@@ -144,30 +143,19 @@ class CLIP4STRSystem(CrossEntropySystem):
     def _cross_logits(self, visual_logits: List[Tensor], memory: Tensor, tgt_in: Tensor, content_masks: Tensor,
                       query_masks: Tensor, padding: Tensor) -> List[Tensor]:
         """The cross branch for every permutation. The image part of its memory is projected once,
-        and each distinct caption is encoded once."""
+        and each distinct caption of all permutations is encoded once."""
         model = self.model
         if not model.use_language_model:
             return []
         decoder = model.cross_decoder
-        num_perms, batch = len(visual_logits), len(tgt_in)
-        stacked = torch.cat(visual_logits).detach()
-        captions, _ = self.tokenizer.decode_fast(stacked.softmax(-1), model.charset_adapter)
-        unique = sorted(set(captions))
-        index = torch.as_tensor([unique.index(c) for c in captions], device=memory.device)
-        text = model.encode_captions(unique, memory.device)[index]
-        image = memory.detach() if model.image_detach else memory
-        if not model.use_share_dim:
-            image = image @ model.clip_model.visual.proj
-        image_kv = decoder.memory_kv(image)
-        text_kv = decoder.memory_kv(text)
-        if self.cross_cloze_mask:
-            size = tgt_in.shape[1]
-            cloze = cloze_mask(size, tgt_in.device)
+        batch = len(tgt_in)
+        image_kv = model.cross_image_kv(memory)
+        text_kv = model.caption_kv(torch.cat(visual_logits), {})
+        cloze = cloze_mask(tgt_in.shape[1], tgt_in.device)
         logits = []
-        for k in range(num_perms):
+        for k in range(len(visual_logits)):
             rows = slice(k * batch, (k + 1) * batch)
-            memory_kv: List[KeyValue] = [(torch.cat([ik, tk[rows]], dim=2), torch.cat([iv, tv[rows]], dim=2))
-                                         for (ik, iv), (tk, tv) in zip(image_kv, text_kv)]
+            memory_kv = model.join_kv(image_kv, [(key[rows], value[rows]) for key, value in text_kv])
             context = tgt_in if self.cross_gt_context else torch.cat(
                 [tgt_in[:, :1], visual_logits[k][:, :-1].argmax(-1)], dim=1)
             query_mask, content_mask = (cloze, cloze) if self.cross_cloze_mask else (query_masks[k], content_masks[k])
