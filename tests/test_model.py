@@ -279,3 +279,16 @@ def test_model_arguments_are_parsed():
         "refine_iters": 2, "charset_test": "abc", "decode_ar": False, "cross_loss_w": 0.5}
     with pytest.raises(ValueError, match="name:type=value"):
         parse_model_args(["refine_iters=2"])
+
+
+def test_compiled_encoder_gives_the_same_loss():
+    torch.manual_seed(0)
+    eager = make_tiny_model(dropout=0.0, perm_num=2)
+    compiled = make_tiny_model(dropout=0.0, perm_num=2, compile_encoder=True)
+    compiled.load_state_dict(eager.state_dict())
+    batch = _fixed_batch()
+    expected = eager.training_step(batch, 0)
+    loss = compiled.training_step(batch, 0)
+    loss.backward()
+    assert torch.allclose(loss, expected, atol=1e-5)
+    assert compiled.model.clip_model.visual.conv1.weight.grad is not None

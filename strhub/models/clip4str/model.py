@@ -1,6 +1,6 @@
 """CLIP4STR as a plain `nn.Module`: CLIP image encoder, visual decoder, and the cross-modal decoder
 that reads the image together with the CLIP text encoding of the visual branch's prediction."""
-from typing import Dict, List, Optional, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 
 import torch
 from open_clip.model import CLIP
@@ -42,6 +42,7 @@ class CLIP4STR(nn.Module):
         self.cross_token_embeding = cross_token_embeding
 
         self.clip_model = clip_model
+        self.image_encoder = encode_image_tokens
         embed_dim = clip_model.text_projection.shape[-1]
         visual_dim = embed_dim if use_share_dim else clip_model.visual.proj.shape[0]
         decoder_args = dict(num_heads=dec_num_heads, mlp_ratio=dec_mlp_ratio, depth=dec_depth, dropout=dropout,
@@ -86,6 +87,10 @@ class CLIP4STR(nn.Module):
             return depth, True
         return num_blocks, False
 
+    def compile_image_encoder(self, **options: Any) -> None:
+        """Runs the image encoder through `torch.compile` (same numbers, fused kernels)."""
+        self.image_encoder = torch.compile(encode_image_tokens, **options)
+
     def train(self, mode: bool = True) -> "CLIP4STR":
         """Frozen CLIP blocks stay in eval mode."""
         super().train(mode)
@@ -114,7 +119,7 @@ class CLIP4STR(nn.Module):
         """The visual decoder's memory: CLIP image tokens after `ln_post` (N, M, D), projected to the
         joint space when the decoders share its width, the CLS token alone if so configured."""
         with torch.set_grad_enabled(torch.is_grad_enabled() and not self.image_frozen):
-            tokens = encode_image_tokens(self.clip_model, images, projection=self.use_share_dim)
+            tokens = self.image_encoder(self.clip_model, images, self.use_share_dim)
         return tokens[:, :1] if self.clip_cls_eot_feature else tokens
 
     def cross_image_kv(self, image_memory: Tensor) -> List[KeyValue]:

@@ -43,7 +43,7 @@ class CLIP4STRSystem(CrossEntropySystem):
                  image_detach: bool, cross_gt_context: bool, cross_cloze_mask: bool, cross_loss_w: float,
                  cross_token_embeding: bool, image_freeze_nlayer: int, text_freeze_nlayer: int,
                  use_share_dim: bool, clip_cls_eot_feature: bool, coef_lr: float, coef_wd: float,
-                 find_unused_parameters: bool = True, **kwargs: Any) -> None:
+                 find_unused_parameters: bool = True, compile_encoder: bool = False, **kwargs: Any) -> None:
         super().__init__(charset_train, charset_test, batch_size, lr, warmup_pct, weight_decay)
         if perm_mirrored and perm_num % 2:
             raise ValueError(f"perm_num must be even when perm_mirrored is set, got {perm_num}")
@@ -61,6 +61,8 @@ class CLIP4STRSystem(CrossEntropySystem):
                               dec_num_heads, dec_mlp_ratio, dec_depth, dropout, decode_ar, refine_iters,
                               use_language_model, image_detach, use_share_dim, clip_cls_eot_feature,
                               cross_token_embeding, image_freeze_nlayer, text_freeze_nlayer)
+        if compile_encoder:
+            self.model.compile_image_encoder()
         self.max_label_length = max_label_length
         self.max_gen_perms = perm_num // 2 if perm_mirrored else perm_num
         self.perm_forward = perm_forward

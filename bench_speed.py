@@ -1,0 +1,133 @@
+"""Inference and training speed of CLIP4STR, with the image encoder's share split out.
+
+Each measurement runs in a fresh process so that its peak memory (VmHWM) is its own. Weights are
+random (or read from `--weights`, a state dict in the original's layout, so that other
+implementations can be measured on the very same weights).
+
+    python bench_speed.py                      # B/16, 224x224, fp32, batches 1 and 8, training at 8
+    python bench_speed.py --device cuda --precision bf16 --batches 1 256 --train-batch 128
+"""
+import argparse
+import json
+import multiprocessing as mp
+import statistics
+import time
+from typing import Any, Callable, Dict, List, Optional
+
+import torch
+
+from strhub.models.utils import autocast_context, create_model, load_from_checkpoint
+
+
+def peak_memory_mib() -> float:
+    """The process's resident-set high-water mark."""
+    with open("/proc/self/status") as status:
+        for line in status:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def timed(fn: Callable[[], Any], device: torch.device, warmup: int, repeats: int) -> float:
+    """Median seconds of `fn` over `repeats` runs after `warmup` runs."""
+    times = []
+    for i in range(warmup + repeats):
+        start = time.perf_counter()
+        fn()
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        if i >= warmup:
+            times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def build(args: argparse.Namespace):
+    if args.weights:
+        return load_from_checkpoint(args.weights)
+    torch.manual_seed(0)
+    return create_model(args.experiment, clip_pretrained=None)
+
+
+def measure(args: argparse.Namespace, task: str, batch: int, queue: mp.Queue) -> None:
+    torch.set_num_threads(args.threads or torch.get_num_threads())
+    device = torch.device(args.device)
+    model = build(args).to(device)
+    height, width = model.hparams.img_size
+    images = torch.rand(batch, 3, height, width, device=device) * 2 - 1
+    result: Dict[str, Any] = {"task": task, "batch": batch}
+    if task == "inference":
+        model.eval()
+        with torch.inference_mode(), autocast_context(device, args.precision):
+            result["seconds"] = timed(lambda: model(images), device, args.warmup, args.repeats)
+            result["encoder_seconds"] = timed(lambda: model.model.encode(images), device, args.warmup, args.repeats)
+    else:
+        model.train()
+        labels = [("scene" * 5)[: 3 + i % 20] for i in range(batch)]
+        params = [p for p in model.parameters() if p.requires_grad]
+        optimizer = torch.optim.AdamW(params, lr=1e-5, fused=device.type in ("cuda", "cpu"))
+
+        def step() -> None:
+            with autocast_context(device, args.precision):
+                loss = model.training_step((images, labels), 0)
+            loss.backward()
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+
+        def encoder_step() -> None:
+            with autocast_context(device, args.precision):
+                memory = model.model.encode(images)
+            memory.float().mean().backward()
+            optimizer.zero_grad(set_to_none=True)
+
+        result["seconds"] = timed(step, device, args.warmup, args.repeats)
+        result["encoder_seconds"] = timed(encoder_step, device, args.warmup, args.repeats)
+    result["peak_memory_mib"] = (torch.cuda.max_memory_allocated() / 2**20 if device.type == "cuda"
+                                 else peak_memory_mib())
+    queue.put(result)
+
+
+def run(args: argparse.Namespace, task: str, batch: int) -> Dict[str, Any]:
+    context = mp.get_context("spawn")
+    queue = context.Queue()
+    process = context.Process(target=measure, args=(args, task, batch, queue))
+    process.start()
+    result = queue.get()
+    process.join()
+    return result
+
+
+def report(result: Dict[str, Any]) -> str:
+    seconds, encoder = result["seconds"], result["encoder_seconds"]
+    rest = seconds - encoder
+    return (f"{result['task']:<9} batch {result['batch']:>4}: {seconds * 1000:9.1f} ms "
+            f"({result['batch'] / seconds:8.1f} img/s) | encoder {encoder * 1000:9.1f} ms "
+            f"| after encoder {rest * 1000:8.1f} ms ({100 * rest / seconds:4.1f}%) "
+            f"| peak {result['peak_memory_mib']:8.0f} MiB")
+
+
+def main(argv: Optional[List[str]] = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--experiment", default="vl4str", help="experiment config (random CLIP weights)")
+    parser.add_argument("--weights", help="checkpoint to load instead of random weights")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--precision", default="32", choices=["32", "bf16", "16"])
+    parser.add_argument("--batches", type=int, nargs="+", default=[1, 8], help="inference batch sizes")
+    parser.add_argument("--train-batch", type=int, default=8, help="training batch size (0: skip)")
+    parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--threads", type=int, default=0, help="CPU threads (0: PyTorch's default)")
+    parser.add_argument("--json", help="also write the results to this file")
+    args = parser.parse_args(argv)
+    results = [run(args, "inference", batch) for batch in args.batches]
+    if args.train_batch:
+        results.append(run(args, "training", args.train_batch))
+    print(f"{args.experiment if not args.weights else args.weights} on {args.device}, precision {args.precision}")
+    for result in results:
+        print(report(result))
+    if args.json:
+        with open(args.json, "w") as file:
+            json.dump(results, file, indent=2)
+
+
+if __name__ == "__main__":
+    main()
