@@ -17,4 +17,9 @@ setup(
     packages=find_packages(include=["strhub", "strhub.*"]),
     install_requires=requirements,
     extras_require={"test": ["pytest>=7"]},
+    entry_points={"console_scripts": [
+        "strhub-create-lmdb = strhub.tools.create_lmdb:main",
+        "strhub-inspect-lmdb = strhub.tools.inspect_lmdb:main",
+        "strhub-render-words = strhub.tools.render_words:main",
+    ]},
 )

@@ -75,7 +75,9 @@ class CrossEntropySystem(pl.LightningModule):
             label_length += len(prediction)
         return BatchResult(len(labels), correct, ned, confidence, label_length, loss, loss_numel)
 
-    def validation_step(self, batch: Tuple[Tensor, List[str]], batch_idx: int) -> BatchResult:
+    def validation_step(self, batch: Optional[Tuple[Tensor, List[str]]], batch_idx: int) -> Optional[BatchResult]:
+        if batch is None:  # every image of the batch failed to decode
+            return None
         result = self.evaluate(batch, with_loss=True)
         self.validation_results.append(result)
         return result
