@@ -1,0 +1,153 @@
+"""Command-line tools: folder → LMDB → dataset round trip, LMDB inspection, synthetic word images."""
+import runpy
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from strhub.data.dataset import LmdbDataset
+from strhub.data.module import SceneTextDataModule
+from strhub.data.utils import CHARSET_36, CHARSET_94
+from strhub.tools import create_lmdb, inspect_lmdb, render_words
+
+REPO = Path(__file__).resolve().parents[1]
+IMAGES = REPO.parent / "shared" / "data" / "real" / "images"
+
+
+@pytest.mark.parametrize("tool", ["create_lmdb", "inspect_lmdb", "render_words"])
+def test_every_tool_runs_as_a_module_with_help(tool, monkeypatch, capsys):
+    monkeypatch.setattr(sys, "argv", [tool, "--help"])
+    monkeypatch.delitem(sys.modules, f"strhub.tools.{tool}", raising=False)  # run it fresh, as `python -m` does
+    with pytest.raises(SystemExit) as exit_info:
+        runpy.run_module(f"strhub.tools.{tool}", run_name="__main__")
+    assert exit_info.value.code == 0 and capsys.readouterr().out.startswith(f"usage: {tool}")
+
+
+def test_a_tool_runs_in_a_fresh_interpreter():
+    result = subprocess.run([sys.executable, "-m", "strhub.tools.create_lmdb", "--help"], cwd=REPO,
+                            capture_output=True, text=True, check=True)
+    assert result.stdout.startswith("usage:")
+
+
+def test_folder_to_lmdb_to_dataset_round_trip(tmp_path, capsys):
+    folder = IMAGES / "parseq_demo_images"
+    entries = [line.split("\t") for line in (folder / "labels.tsv").read_text().splitlines()]
+    create_lmdb.main([str(folder), str(folder / "labels.tsv"), str(tmp_path / "db")])
+    assert f"wrote {len(entries)} of {len(entries)} records" in capsys.readouterr().out
+    dataset = LmdbDataset(tmp_path / "db", CHARSET_94, 25)
+    assert dataset.labels == [label for _, label in entries]
+    for item, (name, _) in enumerate(entries):
+        with Image.open(folder / name) as original:
+            assert np.array_equal(np.asarray(dataset[item][0]), np.asarray(original.convert("RGB")))
+
+
+def test_broken_and_missing_images_are_skipped_and_counted(tmp_path, capsys):
+    folder = tmp_path / "images"
+    shutil.copytree(IMAGES / "mmocr_rec_toy", folder)
+    names = sorted(p.name for p in folder.glob("*.jpg"))
+    (folder / names[0]).write_bytes(b"\xff\xd8 not really a jpeg")
+    labels = folder / "labels.tsv"
+    labels.write_text(labels.read_text() + "absent.png\tghost\n")
+    create_lmdb.main([str(folder), str(labels), str(tmp_path / "db")])
+    out, err = capsys.readouterr()
+    total = len(labels.read_text().splitlines())
+    assert f"wrote {total - 2} of {total} records to {tmp_path / 'db'} (2 skipped)" in out
+    assert f"{names[0]} does not decode" in err and "absent.png not found" in err
+    assert len(LmdbDataset(tmp_path / "db", CHARSET_94, 25)) == total - 2
+
+
+def test_label_list_convention_and_errors(tmp_path):
+    labels = tmp_path / "labels.txt"
+    labels.write_text("a.png\tNew York\nb.png Hello World\n\nc.png\n", encoding="utf-8")
+    with pytest.raises(ValueError, match=r"labels\.txt:4: expected 'file<TAB>label'"):
+        create_lmdb.read_label_list(labels)
+    labels.write_text("a.png\tNew York\nb.png Hello World\n", encoding="utf-8")
+    assert create_lmdb.read_label_list(labels) == [(1, "a.png", "New York"), (2, "b.png", "Hello World")]
+
+
+def test_existing_lmdb_is_not_overwritten_silently(tmp_path):
+    create_lmdb.write_lmdb(tmp_path / "db", [(b"x", "a")])
+    with pytest.raises(FileExistsError, match="data.mdb exists"):
+        create_lmdb.write_lmdb(tmp_path / "db", [(b"y", "b")])
+    assert create_lmdb.write_lmdb(tmp_path / "db", [(b"y", "b"), (b"z", "c")], overwrite=True) == 2
+
+
+def test_inspect_reports_counts_histogram_coverage_and_unreadable(tmp_path, capsys):
+    good = (IMAGES / "parseq_demo_images" / "cute-184.jpg").read_bytes()
+    records = [(good, "SALMON"), (b"broken", "Café"), (good, "a" * 30), (good, "#!")]
+    create_lmdb.write_lmdb(tmp_path / "set" / "db", records)
+    inspect_lmdb.main([str(tmp_path / "set"), "--charset", "36", "--samples", "2"])
+    out = capsys.readouterr().out
+    assert f"== {tmp_path / 'set' / 'db'}" in out and "records: 4" in out
+    assert "   30        1 " in out and "(over max_label_length)" in out
+    assert "labels fully inside the charset (after its case folding): 3 (75.00 %)" in out
+    assert "characters outside the charset (2 distinct): '#': 1, '!': 1" in out
+    assert "kept by the dataset filter: 2 of 4 (too long: 1, empty: 1)" in out
+    assert "image width min/median/max: 159/159/159, height: 248/248/248" in out
+    assert "unreadable images: 1 (records 2)" in out
+    samples = out.split("sample labels:\n")[1].split()
+    assert len(samples) == 4 and samples[1] in {"'SALMON'", "'Cafe'", "'aaaaaaaaaaaaaaaaaaaaaaaaaaaaaa'", "'#!'"}
+
+
+def renderer(**overrides) -> render_words.WordRenderer:
+    settings = dict(charset=CHARSET_94, fonts=render_words.find_fonts(), words=render_words._WORDS, height=32,
+                    width=0, min_length=1, max_length=12, font_sizes=(20, 44), image_format="jpeg", seed=0)
+    return render_words.WordRenderer(**{**settings, **overrides})
+
+
+def test_installed_fonts_are_found():
+    fonts = render_words.find_fonts()
+    assert fonts and fonts == sorted(fonts), "install fonts: apt-get install " + render_words.FONT_PACKAGES
+
+
+def test_generator_writes_the_data_module_layout(tmp_path):
+    written = render_words.generate(tmp_path, {"train": 30, "val": 10, "test": 10}, renderer(), train_dir="real",
+                                    test_name="synth")
+    assert written == {"train": tmp_path / "train" / "real", "val": tmp_path / "val",
+                       "test": tmp_path / "test" / "synth"}
+    dm = SceneTextDataModule(str(tmp_path), "real", (32, 128), 25, CHARSET_94, CHARSET_36, 8, 0, augment=True)
+    assert len(dm.train_dataset) == 30 and len(dm.val_dataset) == 10
+    images, labels = next(iter(dm.test_dataloaders(["synth"])["synth"]))
+    assert images.shape == (8, 3, 32, 128)
+    train = LmdbDataset(tmp_path / "train" / "real", CHARSET_94, 25)
+    assert all(1 <= len(label) <= 12 for label in train.labels) and train.total == 30
+    assert {train[i][0].height for i in range(30)} == {32}
+
+
+def test_generator_is_deterministic_under_a_seed_whatever_the_processes(tmp_path):
+    counts = {"train": 40, "val": 0, "test": 0}
+    for name, seed, workers in (("a", 5, 1), ("b", 5, 2), ("c", 6, 1)):
+        render_words.generate(tmp_path / name, counts, renderer(seed=seed), workers=workers)
+    data = {name: (tmp_path / name / "train" / "synth" / "data.mdb").read_bytes() for name in "abc"}
+    assert data["a"] == data["b"] and data["a"] != data["c"]
+
+
+def test_generator_respects_a_small_charset_and_fixed_size(tmp_path):
+    written = render_words.generate(tmp_path, {"test": 30}, renderer(charset="abc123", width=100, height=24,
+                                                                     image_format="png"))
+    dataset = LmdbDataset(written["test"], "abc123", 25)
+    assert len(dataset) == 30 and all(set(label) <= set("abc123") for label in dataset.labels)
+    assert {dataset[i][0].size for i in range(30)} == {(100, 24)}
+
+
+def test_fonts_without_the_glyphs_are_not_used():
+    fonts = render_words.find_fonts()
+    coverage = render_words.glyph_coverage(fonts[0], "ab\U0001F600")  # no installed font draws this emoji
+    assert coverage == frozenset("ab")
+
+
+def test_generator_names_packages_when_no_font_is_found(tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        render_words.main([str(tmp_path / "out"), "--fonts", str(tmp_path)])
+    assert f"apt-get install {render_words.FONT_PACKAGES}" in capsys.readouterr().err
+
+
+def test_generator_command_line(tmp_path, capsys):
+    render_words.main([str(tmp_path), "--train", "20", "--val", "5", "--test", "0", "--charset", "36", "--seed", "1"])
+    out = capsys.readouterr().out
+    assert f"train: 20 images in {tmp_path / 'train' / 'synth'}" in out and "test:" not in out
+    assert set("".join(LmdbDataset(tmp_path / "val", CHARSET_36, 25).labels)) <= set(CHARSET_36)
