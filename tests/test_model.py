@@ -292,3 +292,23 @@ def test_compiled_encoder_gives_the_same_loss():
     loss.backward()
     assert torch.allclose(loss, expected, atol=1e-5)
     assert compiled.model.clip_model.visual.conv1.weight.grad is not None
+
+
+def test_attribute_dict_hyper_parameters_load(tiny_model, tmp_path):
+    from lightning_fabric.utilities.data import AttributeDict
+
+    path = tmp_path / "model.ckpt"
+    torch.save({"state_dict": tiny_model.state_dict(), "hyper_parameters": AttributeDict(tiny_model.hparams)}, path)
+    assert load_from_checkpoint(path).hparams.img_size == [32, 64]
+
+
+class _Payload:
+    def __reduce__(self):
+        return (print, ("code ran",))
+
+
+def test_checkpoints_cannot_run_code(tmp_path):
+    path = tmp_path / "evil.ckpt"
+    torch.save({"state_dict": {}, "hyper_parameters": {"x": _Payload()}}, path)
+    with pytest.raises(InvalidCheckpointError, match="refusing to load 'builtins.print'"):
+        load_from_checkpoint(path)

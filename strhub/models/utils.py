@@ -1,7 +1,10 @@
 """Building CLIP4STR from configs and loading checkpoints, including the original's released files."""
+import collections
 import contextlib
+import pathlib
 import pickle
 from pathlib import Path
+from types import ModuleType
 from typing import Any, Dict, Iterable, List, Mapping, Optional, Tuple, Union
 
 import torch
@@ -54,38 +57,45 @@ def create_model(experiment: Optional[str] = None, **overrides: Any) -> CLIP4STR
     return CLIP4STRSystem(**config)
 
 
-def _safe_globals() -> List[Any]:
-    """Classes that Lightning checkpoints pickle besides tensors and plain containers."""
-    import collections
-    import pathlib
+class _CheckpointUnpickler(pickle.Unpickler):
+    """Unpickles only what PyTorch's weights-only loader allows, plus Lightning's `AttributeDict`
+    (read as a dict), which the weights-only loader cannot rebuild."""
 
-    allowed: List[Any] = [collections.defaultdict, collections.OrderedDict, pathlib.PosixPath,
-                          pathlib.WindowsPath, getattr]
-    with contextlib.suppress(ImportError):
-        from lightning_fabric.utilities.data import AttributeDict
-        allowed.append(AttributeDict)
-    with contextlib.suppress(ImportError):
-        from pytorch_lightning.utilities.parsing import AttributeDict as LegacyAttributeDict
-        allowed.append(LegacyAttributeDict)
-    with contextlib.suppress(ImportError):
-        import typing
+    def find_class(self, module: str, name: str) -> Any:
+        if name == "AttributeDict" and "lightning" in module:
+            return dict
+        allowed = _allowed_globals()
+        if f"{module}.{name}" in allowed:
+            return allowed[f"{module}.{name}"]
+        raise pickle.UnpicklingError(f"refusing to load '{module}.{name}' from a checkpoint")
 
-        from omegaconf import DictConfig, ListConfig
-        from omegaconf.base import ContainerMetadata, Metadata
-        from omegaconf.nodes import AnyNode
-        allowed += [DictConfig, ListConfig, ContainerMetadata, Metadata, AnyNode, typing.Any, dict, list, int]
+
+_restricted_pickle = ModuleType("strhub_restricted_pickle")
+_restricted_pickle.Unpickler = _CheckpointUnpickler
+_restricted_pickle.load = pickle.load
+
+
+def _allowed_globals() -> Dict[str, Any]:
+    from torch._weights_only_unpickler import _get_allowed_globals
+
+    allowed = dict(_get_allowed_globals())
+    allowed.update({f"{cls.__module__}.{cls.__qualname__}": cls
+                    for cls in (collections.defaultdict, pathlib.PosixPath, pathlib.WindowsPath)})
     return allowed
 
 
 def read_checkpoint(path: Union[str, Path]) -> Tuple[Dict[str, Tensor], Dict[str, Any]]:
-    """The state dict and hyper-parameters (empty for a plain state dict) of a checkpoint file,
-    read with `weights_only=True`."""
+    """The state dict and hyper-parameters (empty for a plain state dict) of a checkpoint file, read
+    with `weights_only=True`, or, for Lightning files whose hyper-parameters are an `AttributeDict`,
+    with an unpickler restricted to the same classes."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint not found: {path}")
     try:
-        with torch.serialization.safe_globals(_safe_globals()):
+        try:
             checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+        except pickle.UnpicklingError:
+            checkpoint = torch.load(path, map_location="cpu", weights_only=False, pickle_module=_restricted_pickle)
     except pickle.UnpicklingError as err:
         raise InvalidCheckpointError(f"{path} could not be read as a safe PyTorch checkpoint: {err}") from err
     except (RuntimeError, EOFError, OSError) as err:
