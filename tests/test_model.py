@@ -310,5 +310,5 @@ class _Payload:
 def test_checkpoints_cannot_run_code(tmp_path):
     path = tmp_path / "evil.ckpt"
     torch.save({"state_dict": {}, "hyper_parameters": {"x": _Payload()}}, path)
-    with pytest.raises(InvalidCheckpointError, match="refusing to load 'builtins.print'"):
+    with pytest.raises(InvalidCheckpointError, match="refusing to load '.*print'"):
         load_from_checkpoint(path)
