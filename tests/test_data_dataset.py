@@ -125,14 +125,12 @@ def test_sixteen_bit_images_are_scaled_not_clipped():
     assert out[0, :, 0].tolist() == [0, 128, 255]  # PIL's convert('RGB') would give [0, 255, 255]
 
 
-def test_transparency_is_composited_on_white():
+def test_alpha_is_dropped_as_the_original_does():
     img = Image.new("RGBA", (2, 1), (0, 0, 0, 0))
     img.putpixel((1, 0), (10, 20, 30, 255))
     rgb = to_rgb(img)
-    assert rgb.getpixel((0, 0)) == (255, 255, 255) and rgb.getpixel((1, 0)) == (10, 20, 30)
-    palette = Image.new("P", (1, 1), 0)
-    palette.info["transparency"] = 0
-    assert to_rgb(palette).getpixel((0, 0)) == (255, 255, 255)
+    assert rgb.getpixel((0, 0)) == (0, 0, 0) and rgb.getpixel((1, 0)) == (10, 20, 30)
+    assert list(to_rgb(img).getdata()) == list(img.convert("RGB").getdata())
 
 
 def corrupt_lmdb(path: Path) -> Path:

@@ -53,9 +53,9 @@ def read_num_samples(txn: lmdb.Transaction, root: Union[str, Path]) -> int:
 
 
 def to_rgb(img: Image.Image) -> Image.Image:
-    """Convert any PIL image to 8-bit RGB. 16-bit images are scaled down (PIL's own conversion clips
-    them at 255), 32-bit integer and float images are stretched over their value range, and
-    transparency is composited onto white."""
+    """Convert any PIL image to 8-bit RGB as the original does (`convert('RGB')`: an alpha channel is
+    dropped, not composited), except that 16-bit images are scaled down (PIL's conversion clips them at
+    255) and 32-bit integer and float images are stretched over their value range."""
     if img.mode == "RGB":
         return img
     if img.mode in ("I", "F") or img.mode.startswith("I;16"):
@@ -65,11 +65,6 @@ def to_rgb(img: Image.Image) -> Image.Image:
         else:
             low, high = float(pixels.min()), max(float(pixels.max()), float(pixels.min()) + 1.0)
         return Image.fromarray(((pixels - low) * (255.0 / (high - low))).round().astype(np.uint8)).convert("RGB")
-    if img.mode == "P" and "transparency" in img.info:
-        img = img.convert("RGBA")
-    if img.mode in ("RGBA", "LA", "PA", "RGBa", "La"):
-        background = Image.new("RGBA", img.size, (255, 255, 255, 255))
-        return Image.alpha_composite(background, img.convert("RGBA")).convert("RGB")
     return img.convert("RGB")
 
 
