@@ -2,7 +2,9 @@
 
 Each measurement runs in a fresh process so that its peak memory (VmHWM) is its own. Weights are
 random (or read from `--weights`, a state dict in the original's layout, so that other
-implementations can be measured on the very same weights).
+implementations can be measured on the very same weights). Inputs are fixed by `--seed`: images
+`randn(B, 3, H, W)` clamped to [-1, 1] with generator seed + B; labels random over the training
+charset, 1 to 25 characters, the first 25.
 
     python bench_speed.py                      # B/16, 224x224, fp32, batches 1 and 8, training at 8
     python bench_speed.py --device cuda --precision bf16 --batches 1 256 --train-batch 128
@@ -10,6 +12,7 @@ implementations can be measured on the very same weights).
 import argparse
 import json
 import multiprocessing as mp
+import random
 import statistics
 import time
 from typing import Any, Callable, Dict, List, Optional
@@ -41,6 +44,14 @@ def timed(fn: Callable[[], Any], device: torch.device, warmup: int, repeats: int
     return statistics.median(times)
 
 
+def training_labels(charset: str, count: int, max_length: int, seed: int) -> List[str]:
+    """Random labels of 1 to `max_length` characters, the first one as long as allowed."""
+    rng = random.Random(seed)
+    labels = ["".join(rng.choice(charset) for _ in range(rng.randint(1, max_length))) for _ in range(count)]
+    labels[0] = "".join(rng.choice(charset) for _ in range(max_length))
+    return labels
+
+
 def build(args: argparse.Namespace):
     if args.weights:
         return load_from_checkpoint(args.weights)
@@ -53,7 +64,8 @@ def measure(args: argparse.Namespace, task: str, batch: int, queue: mp.Queue) ->
     device = torch.device(args.device)
     model = build(args).to(device)
     height, width = model.hparams.img_size
-    images = torch.rand(batch, 3, height, width, device=device) * 2 - 1
+    generator = torch.Generator().manual_seed(args.seed + batch)
+    images = torch.randn(batch, 3, height, width, generator=generator).clamp(-1, 1).to(device)
     result: Dict[str, Any] = {"task": task, "batch": batch}
     if task == "inference":
         model.eval()
@@ -62,7 +74,7 @@ def measure(args: argparse.Namespace, task: str, batch: int, queue: mp.Queue) ->
             result["encoder_seconds"] = timed(lambda: model.model.encode(images), device, args.warmup, args.repeats)
     else:
         model.train()
-        labels = [("scene" * 5)[: 3 + i % 20] for i in range(batch)]
+        labels = training_labels(model.hparams.charset_train, batch, model.hparams.max_label_length, args.seed)
         params = [p for p in model.parameters() if p.requires_grad]
         optimizer = torch.optim.AdamW(params, lr=1e-5, fused=device.type in ("cuda", "cpu"))
 
@@ -115,6 +127,7 @@ def main(argv: Optional[List[str]] = None) -> None:
     parser.add_argument("--train-batch", type=int, default=8, help="training batch size (0: skip)")
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--seed", type=int, default=0, help="seed of the inputs (images: seed + batch)")
     parser.add_argument("--threads", type=int, default=0, help="CPU threads (0: PyTorch's default)")
     parser.add_argument("--json", help="also write the results to this file")
     args = parser.parse_args(argv)
