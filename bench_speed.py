@@ -82,6 +82,7 @@ def measure(args: argparse.Namespace, task: str, batch: int, queue: mp.Queue) ->
             with autocast_context(device, args.precision):
                 loss = model.training_step((images, labels), 0)
             loss.backward()
+            torch.nn.utils.clip_grad_norm_(params, 20.0)
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
 

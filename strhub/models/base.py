@@ -3,7 +3,6 @@ from dataclasses import dataclass
 from typing import List, Optional, Tuple
 
 import pytorch_lightning as pl
-import torch
 import torch.nn.functional as F
 from nltk import edit_distance
 from torch import Tensor

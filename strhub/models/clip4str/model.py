@@ -103,18 +103,6 @@ class CLIP4STR(nn.Module):
                 self.clip_model.ln_final.eval()
         return self
 
-    @property
-    def bos_id(self) -> int:
-        return self.tokenizer.bos_id
-
-    @property
-    def eos_id(self) -> int:
-        return self.tokenizer.eos_id
-
-    @property
-    def pad_id(self) -> int:
-        return self.tokenizer.pad_id
-
     def encode(self, images: Tensor) -> Tensor:
         """The visual decoder's memory: CLIP image tokens after `ln_post` (N, M, D), projected to the
         joint space when the decoders share its width, the CLS token alone if so configured."""
@@ -165,11 +153,11 @@ class CLIP4STR(nn.Module):
         memory = self.encode(images)
         visual_kv = self.visual_decoder.memory_kv(memory)
         batch, device = images.shape[0], images.device
-        bos = torch.full((batch, 1), self.bos_id, dtype=torch.long, device=device)
+        bos = torch.full((batch, 1), self.tokenizer.bos_id, dtype=torch.long, device=device)
 
         if self.decode_ar:
-            tokens = torch.full((batch, num_steps), self.pad_id, dtype=torch.long, device=device)
-            tokens[:, 0] = self.bos_id
+            tokens = torch.full((batch, num_steps), self.tokenizer.pad_id, dtype=torch.long, device=device)
+            tokens[:, 0] = self.tokenizer.bos_id
             logits = self._decode_greedy(self.visual_decoder, visual_kv, tokens, num_steps, stop_early=testing)
         else:
             logits = self.visual_decoder(bos, visual_kv, self._queries(self.visual_decoder, batch, num_steps))
@@ -207,7 +195,7 @@ class CLIP4STR(nn.Module):
             logits.append(step_logits)
             if i + 1 < num_steps:
                 tokens[:, i + 1] = step_logits[:, 0].argmax(-1)
-                if stop_early and (tokens[:, :i + 2] == self.eos_id).any(-1).all():
+                if stop_early and (tokens[:, :i + 2] == self.tokenizer.eos_id).any(-1).all():
                     break
         return torch.cat(logits, dim=1)
 
@@ -215,7 +203,7 @@ class CLIP4STR(nn.Module):
                 mask: Tensor) -> Tensor:
         """One cloze pass over all position queries, the context being the previous prediction."""
         context = torch.cat([bos, logits[:, :-1].argmax(-1)], dim=1)
-        padding = (context == self.eos_id).cumsum(-1) > 0
+        padding = (context == self.tokenizer.eos_id).cumsum(-1) > 0
         length = context.shape[1]
         queries = self._queries(decoder, len(context), mask.shape[0])
         return decoder(context, memory_kv, queries, mask[:, :length], mask[:length, :length], padding)
