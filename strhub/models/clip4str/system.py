@@ -135,7 +135,7 @@ class CLIP4STRSystem(CrossEntropySystem):
                 loss = loss + self.cross_loss_w * self._ce_sum(cross_logits[k], targets)
             numel = numel + (targets != self.pad_id).sum()
         loss = loss / numel
-        self.log("loss", loss)
+        self.log("loss", loss, prog_bar=True)
         return loss
 
     def _ce_sum(self, logits: Tensor, targets: Tensor) -> Tensor:

@@ -1,0 +1,117 @@
+#!/usr/bin/env python3
+"""Reads the text in word images and prints one `file: text` line per image.
+
+    python read.py CHECKPOINT --images_path misc/test_images
+    python read.py CHECKPOINT photo1.png 'crops/*.jpg' --confidence --device cpu
+
+Folders are searched recursively for .png, .jpg and .jpeg files, printed relative to the folder, in name order;
+files and glob matches are printed as given. The text is the model's raw prediction over its training charset
+(case and punctuation kept). A file that cannot be read gets an error line on stderr (exit status 1), and the
+others are still read. Extra arguments `name:type=value` override the model's hyper-parameters.
+"""
+import argparse
+import glob
+import json
+import re
+import sys
+from pathlib import Path
+from typing import Any, Callable, Dict, Iterator, List, Tuple
+
+import torch
+from PIL import Image
+from tqdm import tqdm
+
+from strhub.cli import default_device
+from strhub.data.module import SceneTextDataModule
+from strhub.evaluate import best_checkpoint
+from strhub.models.utils import InvalidCheckpointError, autocast_context, load_from_checkpoint, parse_model_args
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
+MODEL_ARG = re.compile(r"^\w+:\w+=")
+
+
+def list_images(inputs: List[str]) -> Iterator[Tuple[str, Path]]:
+    """(printed name, path) of every image: folders recursively in name order, then files and globs as given."""
+    for item in inputs:
+        path = Path(item)
+        if path.is_dir():
+            yield from sorted((p.relative_to(path).as_posix(), p) for p in path.rglob("*")
+                              if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+        elif any(char in item for char in "*?["):
+            yield from ((match, Path(match)) for match in sorted(glob.glob(item, recursive=True)))
+        else:
+            yield item, path
+
+
+def read_batch(model: torch.nn.Module, transform: Callable, batch: List[Tuple[str, Path]], device: torch.device,
+               precision: str) -> List[Dict[str, Any]]:
+    """`{file, text, confidence}`, or `{file, error}` for a file that cannot be read, per image of the batch."""
+    records, tensors = [], []
+    for name, path in batch:
+        records.append({"file": name})
+        try:
+            with Image.open(path) as image:
+                tensors.append(transform(image))
+        except Exception as err:  # any unreadable file is reported, and the rest are still read
+            records[-1]["error"] = f"{type(err).__name__}: {err}"
+    if tensors:
+        with torch.inference_mode(), autocast_context(device, precision):
+            logits = model(torch.stack(tensors).to(device))
+        texts, probs = model.tokenizer.decode(logits.float().softmax(-1))
+        readable = [record for record in records if "error" not in record]
+        for record, text, prob in zip(readable, texts, probs):
+            record.update(text=text, confidence=prob.prod().item())
+    return records
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("checkpoint", type=Path, help="checkpoint file, or a run folder (its best checkpoint)")
+    parser.add_argument("images", nargs="*", help="image files, folders or glob patterns")
+    parser.add_argument("--images_path", action="append", default=[], help="a folder of images (repeatable)")
+    parser.add_argument("--batch_size", type=int, default=1,
+                        help="images per forward pass (default 1: larger batches are faster, but the early stop of "
+                             "decoding is shared by a batch, so a few hard images may read differently)")
+    parser.add_argument("--device", default=None, help="torch device (default: cuda when available, else cpu)")
+    parser.add_argument("--precision", choices=("32", "bf16", "16"), default="32", help="inference precision")
+    parser.add_argument("--confidence", action="store_true", help="append the prediction's confidence (0-1)")
+    parser.add_argument("--json", action="store_true", help="print one JSON list of {file, text, confidence}")
+    argv = sys.argv[1:]
+    args = parser.parse_intermixed_args([a for a in argv if not MODEL_ARG.match(a)])
+    inputs = args.images + args.images_path
+    if not inputs:
+        parser.error("give image files, folders or globs (or --images_path DIR)")
+    device = default_device(args.device)
+    try:
+        kwargs = parse_model_args([a for a in argv if MODEL_ARG.match(a)])
+    except ValueError as err:
+        parser.error(str(err))
+    try:
+        checkpoint = best_checkpoint(args.checkpoint) if args.checkpoint.is_dir() else args.checkpoint
+        model = load_from_checkpoint(checkpoint, **kwargs).eval().to(device)
+    except (FileNotFoundError, InvalidCheckpointError) as err:
+        parser.error(str(err))
+    transform = SceneTextDataModule.get_transform(model.hparams.img_size)
+    items = list(list_images(inputs))
+    if not items:
+        parser.error(f"no .png, .jpg or .jpeg image in {', '.join(inputs)}")
+    records: List[Dict[str, Any]] = []
+    progress = tqdm(total=len(items), unit="img", disable=not sys.stderr.isatty())
+    for start in range(0, len(items), args.batch_size):
+        batch = read_batch(model, transform, items[start:start + args.batch_size], device, args.precision)
+        for record in batch:
+            if "error" in record:
+                tqdm.write(f"{record['file']}: error: {record['error']}", file=sys.stderr)
+            elif not args.json:
+                suffix = f" ({record['confidence']:.4f})" if args.confidence else ""
+                tqdm.write(f"{record['file']}: {record['text']}{suffix}", file=sys.stdout)
+        records += batch
+        progress.update(len(batch))
+    progress.close()
+    if args.json:
+        print(json.dumps(records, indent=1))
+    sys.exit(1 if any("error" in record for record in records) else 0)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,26 @@
+# Sourced by the scripts in this folder.
+
+# use_device GPU_ID|cpu: sets $device; a GPU id (or a comma-separated list) becomes CUDA_VISIBLE_DEVICES.
+use_device() {
+    if [[ $1 == cpu ]]; then
+        device=cpu
+    else
+        export CUDA_VISIBLE_DEVICES=$1
+        device=cuda
+    fi
+}
+
+# batch_rule: NODES x GPUS x ACCUM x BATCH = 1024, the effective batch of the paper (the learning rate is scaled
+# by it / 512). Reads NODES, GPUS and BATCH (per GPU) with the given defaults, sets $nodes $gpus $batch $accum.
+batch_rule() {
+    nodes=${NODES:-1}
+    gpus=${GPUS:-$1}
+    batch=${BATCH:-$2}
+    local per_step=$((nodes * gpus * batch))
+    if (( per_step > 1024 || 1024 % per_step )); then
+        echo "NODES x GPUS x BATCH = $nodes x $gpus x $batch = $per_step must divide 1024" >&2
+        exit 2
+    fi
+    accum=$((1024 / per_step))
+    echo "Effective batch: $nodes node(s) x $gpus GPU(s) x $accum accumulation x $batch images = 1024"
+}

@@ -1,0 +1,46 @@
+#!/usr/bin/env python3
+"""Evaluates a checkpoint on the scene-text benchmarks under DATA_ROOT/test and prints the original's tables.
+
+    python test.py outputs/vl4str/<run>/checkpoints/last.ckpt --data_root data [--new] [refine_iters:int=2]
+
+A run folder instead of a file picks its best checkpoint by validation accuracy. Extra arguments of the form
+`name:type=value` (type int, float, str or bool) override the model's hyper-parameters.
+"""
+import argparse
+import logging
+from pathlib import Path
+
+from strhub.evaluate import evaluate_checkpoint
+from strhub.models.utils import InvalidCheckpointError, parse_model_args
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("checkpoint", type=Path, help="checkpoint file, or a run folder (its best checkpoint)")
+    parser.add_argument("--data_root", type=Path, default=Path("data"), help="folder holding test/<benchmark>")
+    parser.add_argument("--batch_size", type=int, default=512)
+    parser.add_argument("--num_workers", type=int, default=4)
+    parser.add_argument("--cased", action="store_true", help="compare case (adds upper case to the test charset)")
+    parser.add_argument("--punctuation", action="store_true", help="compare punctuation (adds it to the charset)")
+    parser.add_argument("--new", action="store_true", help="also evaluate the new benchmarks (ArT, COCOv1.4, Uber)")
+    parser.add_argument("--datasets", nargs="+", default=(), metavar="NAME",
+                        help="evaluate these sets under DATA_ROOT/test instead of the benchmarks (e.g. synth)")
+    parser.add_argument("--rotation", type=int, default=0, help="rotate images counter-clockwise by these degrees")
+    parser.add_argument("--openai_meanstd", action="store_true",
+                        help="normalise with CLIP's mean/std as in training (default 0.5/0.5, the original's protocol)")
+    parser.add_argument("--device", default=None, help="torch device (default: cuda when available, else cpu)")
+    parser.add_argument("--precision", choices=("32", "bf16", "16"), default="32", help="inference precision")
+    args, unknown = parser.parse_known_args()
+    try:
+        kwargs = parse_model_args(unknown)
+    except ValueError as err:
+        parser.error(str(err))
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s: %(message)s")
+    try:
+        evaluate_checkpoint(**vars(args), model_kwargs=kwargs)
+    except (FileNotFoundError, InvalidCheckpointError) as err:  # a missing or unfit checkpoint, a missing data root
+        parser.error(str(err))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,154 @@
+"""The evaluation, reading and benchmarking entry points (test.py, test.sh, read.py, read.sh, bench.py), run as a
+user runs them, on a tiny model with random weights and on real word images."""
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from typing import Dict, List
+
+import pytest
+import torch
+
+from strhub.evaluate import Result, best_checkpoint, evaluate_checkpoint, format_report, format_table
+from strhub.models.utils import create_model
+from strhub.tools.create_lmdb import write_lmdb
+
+REPO = Path(__file__).resolve().parents[1]
+REAL = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "real"
+TEST_IMAGES = REPO / "misc" / "test_images"
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
+
+
+def run(args: List[str], env: Dict[str, str] = None) -> subprocess.CompletedProcess:
+    return subprocess.run(args, cwd=REPO, capture_output=True, text=True, timeout=900,
+                          env=dict(os.environ, **(env or {})))
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The `tiny` experiment with random weights, saved as Lightning saves a model (state dict + hyper-parameters)."""
+    torch.manual_seed(0)
+    model = create_model("tiny")
+    path = tmp_path_factory.mktemp("checkpoint") / "tiny.ckpt"
+    torch.save({"state_dict": model.state_dict(), "hyper_parameters": dict(model.hparams)}, path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def svt_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A data root whose only benchmark, test/SVT, holds the ten images of misc/test_images."""
+    root = tmp_path_factory.mktemp("data")
+    lines = (TEST_IMAGES / "labels.tsv").read_text().splitlines()
+    records = [((TEST_IMAGES / name).read_bytes(), label) for name, label in (line.split("\t") for line in lines)]
+    write_lmdb(root / "test" / "SVT", records)
+    return root
+
+
+def test_table_has_the_original_layout() -> None:
+    results = [Result("IIIT5k", 3000, 99.2, 99.71, 96.1, 5.48), Result("SVT", 647, 98.3, 99.5, 95.0, 5.9)]
+    assert format_table(results).splitlines() == [
+        "| Dataset  | # samples | Accuracy | 1 - NED | Confidence | Label Length |",
+        "|:--------:|----------:|---------:|--------:|-----------:|-------------:|",
+        "| IIIT5k   |      3000 |    99.20 |   99.71 |      96.10 |         5.48 |",
+        "| SVT      |       647 |    98.30 |   99.50 |      95.00 |         5.90 |",
+        "|----------|-----------|----------|---------|------------|--------------|",
+        "| Combined |      3647 |    99.04 |   99.67 |      95.90 |         5.55 |",
+    ]
+    wide = format_table([Result("IC15_1811_long", 1, 0.0, 0.0, 0.0, 0.0)]).splitlines()
+    assert wide[0].startswith("| Dataset        | # samples") and wide[1].startswith("|:--------------:|")
+
+
+def test_report_keeps_evaluated_sets_and_ends_with_the_time_line() -> None:
+    results = {"SVT": Result("SVT", 600, 50.0, 60.0, 70.0, 5.0)}
+    report = format_report(results, {"Benchmark": ["IIIT5k", "SVT"], "New": ["ArT"]}, seconds=3.0)
+    assert report.startswith("Benchmark set:\n| Dataset ")
+    assert "New set:" not in report and "IIIT5k" not in report
+    assert report.endswith("\n\n\nTime: Total 3.00s, Average 5.00ms. Total samples 600. Throughput 200.0 images/s.\n")
+
+
+def test_best_checkpoint_is_the_highest_validation_accuracy(tmp_path: Path) -> None:
+    folder = tmp_path / "checkpoints"
+    folder.mkdir()
+    for name in ("epoch=0-step=10-val_accuracy=9.5000-val_NED=20.0000.ckpt", "last.ckpt",
+                 "epoch=2-step=30-val_accuracy=80.2500-val_NED=90.0000.ckpt",
+                 "epoch=3-step=40-val_accuracy=10.0000-val_NED=95.0000.ckpt"):
+        (folder / name).touch()
+    assert best_checkpoint(tmp_path).name.startswith("epoch=2-step=30")
+    assert best_checkpoint(folder).name.startswith("epoch=2-step=30")
+    with pytest.raises(FileNotFoundError, match="val_accuracy"):
+        best_checkpoint(tmp_path / "nothing")
+
+
+def test_test_py_on_a_run_folder_picks_the_best_and_writes_reports(checkpoint: Path, svt_root: Path,
+                                                                     tmp_path: Path) -> None:
+    folder = tmp_path / "run" / "checkpoints"
+    folder.mkdir(parents=True)
+    best = folder / "epoch=1-step=8-val_accuracy=55.5000-val_NED=60.0000.ckpt"
+    for path in (folder / "epoch=0-step=4-val_accuracy=10.0000-val_NED=20.0000.ckpt", best, folder / "last.ckpt"):
+        shutil.copy(checkpoint, path)
+    proc = run([sys.executable, "test.py", str(tmp_path / "run"), "--data_root", str(svt_root), "--device", "cpu",
+                "--num_workers", "0", "--batch_size", "4"])
+    assert proc.returncode == 0, proc.stderr
+    assert f"Best checkpoint by validation accuracy: {best}" in proc.stdout
+    assert "benchmarks missing" in proc.stderr and "IIIT5k" in proc.stderr
+    assert re.search(r"^\| SVT      \|        10 \|", proc.stdout, re.M)
+    assert "Total samples 10." in proc.stdout
+    markdown = Path(f"{best}.log_newFalse.md").read_text()
+    assert markdown in proc.stdout and markdown.count("| Combined |") == 2
+    summary = json.loads(Path(f"{best}.log_newFalse.json").read_text())
+    assert summary["datasets"]["SVT"]["num_samples"] == 10 and "CUTE80" in summary["missing"]
+    assert summary["time"]["images_per_s"] > 0
+
+
+def test_no_benchmark_found_is_an_error(checkpoint: Path, tmp_path: Path) -> None:
+    with pytest.raises(FileNotFoundError, match="none of the benchmarks"):
+        evaluate_checkpoint(checkpoint, tmp_path, device="cpu")
+
+
+def test_test_sh_on_the_real_benchmarks_counts_every_sample(checkpoint: Path) -> None:
+    proc = run(["bash", "scripts/test.sh", "cpu", checkpoint.name, "--num_workers", "1"],
+               env={"DATA_ROOT": str(REAL), "OUTPUTS": str(checkpoint.parent)})
+    assert proc.returncode == 0, proc.stderr
+    for name, count in (("IIIT5k", 2998), ("SVT", 647), ("SVTP", 645), ("CUTE80", 288), ("Combined", 4578)):
+        assert re.search(rf"^\| {name} +\| +{count} \|", proc.stdout, re.M), name
+    assert proc.stdout.count("set:\n") == 2  # Benchmark (Subset) and Benchmark; nothing of New was found
+    assert "ArT, COCOv1.4, HOST, IC13_1015, IC15_1811, IC15_2077, Uber, WOST" in proc.stderr
+
+
+def test_read_py_prints_every_image_and_reports_a_corrupt_one(checkpoint: Path, tmp_path: Path) -> None:
+    (tmp_path / "broken.png").write_bytes(b"not an image")
+    shutil.copy(TEST_IMAGES / "demo_1.png", tmp_path / "demo_1.png")
+    proc = run([sys.executable, "read.py", str(checkpoint), str(REAL / "images"), str(tmp_path), "--device", "cpu",
+                "--batch_size", "8", "--confidence"])
+    assert proc.returncode == 1
+    expected = sorted(p.relative_to(REAL / "images").as_posix() for p in (REAL / "images").rglob("*")
+                      if p.suffix in IMAGE_SUFFIXES) + ["demo_1.png"]
+    lines = proc.stdout.splitlines()
+    assert [line.split(": ", 1)[0] for line in lines] == expected
+    assert all(re.fullmatch(r"\S+: \S* \((0|1)\.\d{4}\)", line) for line in lines), lines
+    assert re.search(r"^broken\.png: error: UnidentifiedImageError", proc.stderr, re.M)
+
+
+def test_read_sh_json_output(checkpoint: Path) -> None:
+    proc = run(["bash", "scripts/read.sh", "cpu", str(checkpoint), "misc/test_images", "--json"])
+    assert proc.returncode == 0, proc.stderr
+    records = json.loads(proc.stdout)
+    assert [r["file"] for r in records] == sorted(p.name for p in TEST_IMAGES.iterdir() if p.suffix in IMAGE_SUFFIXES)
+    assert all(isinstance(r["text"], str) and 0 <= r["confidence"] <= 1 for r in records)
+
+
+def test_bench_py_reports_size_flops_and_speed() -> None:
+    proc = run([sys.executable, "bench.py", "+experiment=tiny", "device=cpu", "throughput_batch=2",
+                "min_run_time=0.05"])
+    assert proc.returncode == 0, proc.stderr
+    model = create_model("tiny")
+    total = sum(p.numel() for p in model.parameters()) / 1e6
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad) / 1e6
+    assert f"Parameters: {total:.2f} M total, {trainable:.2f} M trainable" in proc.stdout
+    flops = float(re.search(r"FLOPs \(batch 1\): ([\d.]+) GFLOPs", proc.stdout).group(1))
+    latency = float(re.search(r"Latency \(batch 1\): ([\d.]+) ms", proc.stdout).group(1))
+    throughput = float(re.search(r"Throughput \(batch 2\): ([\d.]+) images/s", proc.stdout).group(1))
+    assert flops > 0 and latency > 0 and throughput > 0

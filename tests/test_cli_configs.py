@@ -1,0 +1,66 @@
+"""The Hydra configs compose for every experiment, charset and dataset, and the training scripts keep the
+effective batch of 1024."""
+import os
+import string
+import subprocess
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+from omegaconf import OmegaConf
+
+from strhub.cli import register_resolvers
+
+REPO = Path(__file__).resolve().parents[1]
+CLIP_FILES = {"vl4str": "ViT-B-16.pt", "vl4str-base32": "ViT-B-32.pt", "vl4str-large": "ViT-L-14.pt",
+              "vl4str-huge": "OpenCLIP-ViT-H-14-laion2B-s32B-b79K.bin"}
+
+
+def composed(config_name: str = "main", *overrides: str) -> dict:
+    register_resolvers()
+    with initialize_config_dir(config_dir=str(REPO / "configs"), version_base="1.3"):
+        config = compose(config_name, overrides=list(overrides))
+    return OmegaConf.to_container(config, resolve=True)
+
+
+@pytest.mark.parametrize("experiment", sorted(CLIP_FILES))
+def test_experiments_name_their_clip_file(experiment: str) -> None:
+    config = composed("main", f"+experiment={experiment}")
+    assert Path(config["model"]["clip_pretrained"]).name == CLIP_FILES[experiment]
+    assert config["model"]["img_size"] == [224, 224] == config["data"]["img_size"]
+    assert config["data"]["root_dir"] == "data" and config["data"]["train_dir"] == "real"
+    assert config["data"]["charset_train"] == config["model"]["charset_train"] == string.printable[:94]
+    trainer = config["trainer"]
+    assert trainer["gradient_clip_val"] == 20 and trainer["precision"] == "16-mixed" and trainer["num_nodes"] == 1
+
+
+def test_charsets_datasets_and_charset_file(tmp_path: Path) -> None:
+    for name, size in (("36_lowercase", 36), ("62_mixed-case", 62), ("94_full", 94)):
+        assert len(composed("main", f"charset={name}")["model"]["charset_train"]) == size
+    assert composed("main", "dataset=synth")["data"]["train_dir"] == "synth"
+    custom = composed("main", "dataset=custom", "data.root_dir=/my/lmdbs")["data"]
+    assert custom["root_dir"] == "/my/lmdbs" and custom["train_dir"] == ""
+    (tmp_path / "chars.txt").write_text("a\nb\nc\n")
+    config = composed("main", "charset=file", f"charset_file={tmp_path / 'chars.txt'}")
+    assert config["model"]["charset_train"] == config["data"]["charset_train"] == "abc"
+
+
+def test_bench_config_runs_in_place() -> None:
+    config = composed("bench", "+experiment=tiny")
+    assert config["precision"] == "32" and config["throughput_batch"] > 1 and config["model"]["name"] == "vl4str-tiny"
+
+
+def test_training_scripts_keep_the_effective_batch_of_1024() -> None:
+    env = dict(os.environ, LAUNCHER="echo", GPUS="2", BATCH="128", CLIP_DIR="/clip", DATA_ROOT="/data")
+    proc = subprocess.run(["bash", "scripts/vl4str_base.sh", "trainer.max_epochs=3"], cwd=REPO, env=env,
+                          capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    assert "1 node(s) x 2 GPU(s) x 4 accumulation x 128 images = 1024" in proc.stdout
+    command = proc.stdout.splitlines()[-1].split()
+    for arg in ("+experiment=vl4str", "data.root_dir=/data", "trainer.devices=2", "trainer.accumulate_grad_batches=4",
+                "model.batch_size=128", "model.clip_pretrained=/clip/OpenCLIP-ViT-B-16-DataComp-XL-s13B-b90K.bin"):
+        assert arg in command
+    assert command[-1] == "trainer.max_epochs=3"  # the user's overrides come last and win
+    proc = subprocess.run(["bash", "scripts/vl4str_large.sh"], cwd=REPO, env=dict(os.environ, GPUS="3"),
+                          capture_output=True, text=True)
+    assert proc.returncode == 2 and "must divide 1024" in proc.stderr
