@@ -8,7 +8,6 @@ from conftest import TINY_ARCH, make_tiny_model
 from strhub.models.clip4str.clip import (arch_from_state_dict, build_clip, load_pretrained_clip,
                                          read_clip_state_dict)
 from strhub.models.clip4str.system import permutation_masks
-from strhub.models.decoder import DecodeState
 from strhub.models.utils import (InvalidCheckpointError, create_model, load_from_checkpoint, load_weights,
                                  parse_model_args)
 
@@ -161,7 +160,7 @@ def test_greedy_cache_equals_full_causal_recompute(tiny_model):
     causal = torch.triu(torch.full((6, 6), float("-inf")), 1)
     with torch.inference_mode():
         full = decoder(tokens, decoder.memory_kv(memory), None, causal, causal)
-        state = DecodeState(decoder.memory_kv(memory), [[] for _ in decoder.layers])
+        state = decoder.start(decoder.memory_kv(memory), 6)
         stepped = torch.cat([decoder.step(state, tokens[:, i], i) for i in range(6)], dim=1)
     assert torch.allclose(full, stepped, atol=1e-5)
 

@@ -6,7 +6,6 @@ modules (kept for their state-dict names). The keys and values of a decoder's me
 once per pass, and greedy decoding caches the content keys and values of past positions.
 """
 import math
-from dataclasses import dataclass, field
 from typing import List, Optional, Tuple
 
 import torch
@@ -29,10 +28,15 @@ def project_kv(attn: nn.MultiheadAttention, x: Tensor) -> KeyValue:
     return _heads(key, attn.num_heads), _heads(value, attn.num_heads)
 
 
-def attend(attn: nn.MultiheadAttention, query: Tensor, kv: KeyValue, mask: Optional[Tensor] = None) -> Tensor:
-    """Multi-head attention of `query` (N, L, D) over projected keys and values; `mask` is additive."""
+def project_q(attn: nn.MultiheadAttention, x: Tensor) -> Tensor:
+    """Queries of `x` for `attn`, split into heads."""
     dim = attn.embed_dim
-    q = _heads(F.linear(query, attn.in_proj_weight[:dim], attn.in_proj_bias[:dim]), attn.num_heads)
+    return _heads(F.linear(x, attn.in_proj_weight[:dim], attn.in_proj_bias[:dim]), attn.num_heads)
+
+
+def attend(attn: nn.MultiheadAttention, q: Tensor, kv: KeyValue, mask: Optional[Tensor] = None) -> Tensor:
+    """Multi-head attention of projected queries (N, H, L, D / H) over projected keys and values;
+    `mask` is additive."""
     dropout = attn.dropout if attn.training else 0.0
     out = F.scaled_dot_product_attention(q, kv[0], kv[1], attn_mask=mask, dropout_p=dropout)
     return attn.out_proj(out.transpose(1, 2).flatten(2))
@@ -67,20 +71,21 @@ class DecoderLayer(nn.Module):
         self.dropout2 = nn.Dropout(dropout)
         self.dropout3 = nn.Dropout(dropout)
 
-    def stream(self, x: Tensor, x_norm: Tensor, self_kv: KeyValue, memory_kv: KeyValue,
-               mask: Optional[Tensor]) -> Tensor:
-        """One stream: self-attention over the content keys/values, cross-attention over the memory, MLP."""
-        x = x + self.dropout1(attend(self.self_attn, x_norm, self_kv, mask))
-        x = x + self.dropout2(attend(self.cross_attn, self.norm1(x), memory_kv))
+    def stream(self, x: Tensor, q: Tensor, self_kv: KeyValue, memory_kv: KeyValue, mask: Optional[Tensor]) -> Tensor:
+        """One stream: self-attention of its projected queries `q` over the content keys/values,
+        cross-attention over the memory, MLP."""
+        x = x + self.dropout1(attend(self.self_attn, q, self_kv, mask))
+        x = x + self.dropout2(attend(self.cross_attn, project_q(self.cross_attn, self.norm1(x)), memory_kv))
         return x + self.dropout3(self.linear2(self.dropout(F.gelu(self.linear1(self.norm2(x))))))
 
     def forward(self, query: Tensor, content: Tensor, memory_kv: KeyValue, query_mask: Optional[Tensor],
                 content_mask: Optional[Tensor], update_content: bool) -> Tuple[Tensor, Tensor]:
         content_norm = self.norm_c(content)
         content_kv = project_kv(self.self_attn, content_norm)
-        query = self.stream(query, self.norm_q(query), content_kv, memory_kv, query_mask)
+        query = self.stream(query, project_q(self.self_attn, self.norm_q(query)), content_kv, memory_kv, query_mask)
         if update_content:
-            content = self.stream(content, content_norm, content_kv, memory_kv, content_mask)
+            content = self.stream(content, project_q(self.self_attn, content_norm), content_kv, memory_kv,
+                                  content_mask)
         return query, content
 
 
@@ -95,11 +100,21 @@ class TokenEmbedding(nn.Module):
         return math.sqrt(self.embed_dim) * self.embedding(tokens)
 
 
-@dataclass
 class DecodeState:
-    """What greedy decoding keeps between steps: the memory's and past content's keys and values."""
-    memory_kv: List[KeyValue]
-    content_kv: List[List[KeyValue]] = field(default_factory=list)
+    """What greedy decoding keeps between steps: the memory's keys and values, the content keys and
+    values of past positions (they never see later ones, so they are fixed once computed), the
+    scaled character embeddings, and the first layer's queries, which depend on the position only."""
+
+    def __init__(self, decoder: "Decoder", memory_kv: List[KeyValue], num_steps: int) -> None:
+        self.memory_kv = memory_kv
+        key = memory_kv[0][0]
+        shape = (key.shape[0], key.shape[1], num_steps, key.shape[3])
+        self.keys = [key.new_empty(shape) for _ in decoder.layers]
+        self.values = [key.new_empty(shape) for _ in decoder.layers]
+        self.embeddings = decoder.text_embed(torch.arange(len(decoder.text_embed.embedding.weight), device=key.device))
+        first = decoder.layers[0]
+        queries = decoder.pos_queries[:, :num_steps]
+        self.first_q = project_q(first.self_attn, first.norm_q(queries)).expand(key.shape[0], -1, -1, -1)
 
 
 class Decoder(nn.Module):
@@ -159,18 +174,27 @@ class Decoder(nn.Module):
                                    update_content=i < len(self.layers) - 1)
         return self.head(self.norm(query))
 
+    def start(self, memory_kv: List[KeyValue], num_steps: int) -> DecodeState:
+        return DecodeState(self, memory_kv, num_steps)
+
     def step(self, state: DecodeState, token: Tensor, position: int) -> Tensor:
         """One greedy step: adds content position `position` holding `token` (N,) and returns the
-        logits (N, 1, C) of the query at that position, which sees every content position so far.
-        Past positions never see later ones, so their keys and values are reused as cached."""
-        content = self.embed_content(token[:, None], start=position)
-        query = self.pos_queries[:, position:position + 1].expand(token.shape[0], -1, -1)
+        logits (N, 1, C) of the query at that position, which sees every content position so far."""
+        content = state.embeddings[token]
+        if position:
+            content = content + self.pos_queries[0, position - 1]
+        content = content[:, None]
+        query = self.pos_queries[:, position:position + 1]
         for i, layer in enumerate(self.layers):
             content_norm = layer.norm_c(content)
-            state.content_kv[i].append(project_kv(layer.self_attn, content_norm))
-            keys, values = zip(*state.content_kv[i])
-            content_kv = (torch.cat(keys, dim=2), torch.cat(values, dim=2))
-            query = layer.stream(query, layer.norm_q(query), content_kv, state.memory_kv[i], None)
+            key, value = project_kv(layer.self_attn, content_norm)
+            state.keys[i][:, :, position:position + 1] = key
+            state.values[i][:, :, position:position + 1] = value
+            content_kv = (state.keys[i][:, :, :position + 1], state.values[i][:, :, :position + 1])
+            q = state.first_q[:, :, position:position + 1] if i == 0 else project_q(layer.self_attn,
+                                                                                    layer.norm_q(query))
+            query = layer.stream(query, q, content_kv, state.memory_kv[i], None)
             if i < len(self.layers) - 1:
-                content = layer.stream(content, content_norm, content_kv, state.memory_kv[i], None)
+                content = layer.stream(content, project_q(layer.self_attn, content_norm), content_kv,
+                                       state.memory_kv[i], None)
         return self.head(self.norm(query))

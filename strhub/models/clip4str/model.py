@@ -1,6 +1,6 @@
 """CLIP4STR as a plain `nn.Module`: CLIP image encoder, visual decoder, and the cross-modal decoder
 that reads the image together with the CLIP text encoding of the visual branch's prediction."""
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, List, Optional, Tuple
 
 import torch
 from open_clip.model import CLIP
@@ -8,7 +8,7 @@ from torch import Tensor, nn
 
 from strhub.data.utils import CharsetAdapter, Tokenizer
 from strhub.models.clip4str.clip import CaptionTokenizer, encode_image_tokens, encode_text_tokens
-from strhub.models.decoder import Decoder, DecodeState, KeyValue
+from strhub.models.decoder import Decoder, KeyValue
 
 
 def cloze_mask(size: int, device: torch.device) -> Tensor:
@@ -117,26 +117,30 @@ class CLIP4STR(nn.Module):
             image = image @ self.clip_model.visual.proj
         return self.cross_decoder.memory_kv(image)
 
-    def caption_kv(self, visual_logits: Tensor, cache: Dict[str, Tensor]) -> List[KeyValue]:
-        """The cross decoder's keys and values of the text part of its memory: the CLIP encoding of
-        the caption read off `visual_logits`. Captions already in `cache` are not encoded again."""
-        captions, _ = self.tokenizer.decode_fast(visual_logits.detach().softmax(-1), self.charset_adapter)
-        return self.cross_decoder.memory_kv(self.encode_captions(captions, visual_logits.device, cache))
+    def caption_kv(self, visual_logits: List[Tensor]) -> List[List[KeyValue]]:
+        """For each tensor of visual logits (N, L, C), the cross decoder's keys and values of the text
+        part of its memory: the CLIP encoding of the captions read off the logits. The captions of
+        all the tensors are encoded together, each distinct caption once."""
+        captions = [caption for logits in visual_logits
+                    for caption in self.tokenizer.decode_fast(logits.detach().softmax(-1), self.charset_adapter)[0]]
+        text_kv = self.cross_decoder.memory_kv(self.encode_captions(captions, visual_logits[0].device))
+        ends = torch.tensor([len(logits) for logits in visual_logits]).cumsum(0).tolist()
+        return [[(key[end - len(logits):end], value[end - len(logits):end]) for key, value in text_kv]
+                for logits, end in zip(visual_logits, ends)]
 
-    def encode_captions(self, captions: List[str], device: torch.device, cache: Dict[str, Tensor]) -> Tensor:
+    def encode_captions(self, captions: List[str], device: torch.device) -> Tensor:
         """CLIP text features of the captions (N, context_length, D), each distinct caption encoded once."""
-        new = sorted(set(captions) - cache.keys())
-        if new:
-            token_ids = self.caption_tokenizer(new, self.context_length).to(device)
-            with torch.set_grad_enabled(torch.is_grad_enabled() and not self.text_frozen):
-                if self.cross_token_embeding:
-                    features = self.clip_model.token_embedding(token_ids)
-                else:
-                    features = encode_text_tokens(self.clip_model, token_ids)
-                    if self.clip_cls_eot_feature:
-                        features = features[torch.arange(len(features)), token_ids.argmax(-1)].unsqueeze(1)
-            cache.update(zip(new, features))
-        return torch.stack([cache[caption] for caption in captions])
+        unique = sorted(set(captions))
+        token_ids = self.caption_tokenizer(unique, self.context_length).to(device)
+        with torch.set_grad_enabled(torch.is_grad_enabled() and not self.text_frozen):
+            if self.cross_token_embeding:
+                features = self.clip_model.token_embedding(token_ids)
+            else:
+                features = encode_text_tokens(self.clip_model, token_ids)
+                if self.clip_cls_eot_feature:
+                    features = features[torch.arange(len(features)), token_ids.argmax(-1)].unsqueeze(1)
+        rows = {caption: row for row, caption in enumerate(unique)}
+        return features[torch.tensor([rows[caption] for caption in captions], device=device)]
 
     @staticmethod
     def join_kv(image_kv: List[KeyValue], text_kv: List[KeyValue]) -> List[KeyValue]:
@@ -162,24 +166,25 @@ class CLIP4STR(nn.Module):
         else:
             logits = self.visual_decoder(bos, visual_kv, self._queries(self.visual_decoder, batch, num_steps))
 
-        cross_logits = None
-        if self.use_language_model:
-            image_kv, captions = self.cross_image_kv(memory), {}
-            cross_kv = self.join_kv(image_kv, self.caption_kv(logits, captions))
-            if self.decode_ar:
-                cross_logits = self._decode_greedy(self.cross_decoder, cross_kv, tokens, logits.shape[1],
-                                                   stop_early=False)
-            else:
-                cross_logits = self.cross_decoder(bos, cross_kv, self._queries(self.cross_decoder, batch, num_steps))
+        # The visual branch never reads the cross branch, so all its refinement passes come first and
+        # the captions of every pass are encoded together.
+        mask = cloze_mask(num_steps, device)
+        visual_passes = [logits]
+        for _ in range(self.refine_iters):
+            visual_passes.append(self._refine(self.visual_decoder, visual_kv, visual_passes[-1], bos, mask))
+        if not self.use_language_model:
+            return visual_passes[-1]
 
-        if self.refine_iters:
-            mask = cloze_mask(num_steps, device)
-            for _ in range(self.refine_iters):
-                logits = self._refine(self.visual_decoder, visual_kv, logits, bos, mask)
-                if self.use_language_model:
-                    cross_kv = self.join_kv(image_kv, self.caption_kv(logits, captions))
-                    cross_logits = self._refine(self.cross_decoder, cross_kv, cross_logits, bos, mask)
-        return cross_logits if self.use_language_model else logits
+        image_kv = self.cross_image_kv(memory)
+        cross_kvs = [self.join_kv(image_kv, text_kv) for text_kv in self.caption_kv(visual_passes)]
+        if self.decode_ar:
+            cross_logits = self._decode_greedy(self.cross_decoder, cross_kvs[0], tokens, logits.shape[1],
+                                               stop_early=False)
+        else:
+            cross_logits = self.cross_decoder(bos, cross_kvs[0], self._queries(self.cross_decoder, batch, num_steps))
+        for cross_kv in cross_kvs[1:]:
+            cross_logits = self._refine(self.cross_decoder, cross_kv, cross_logits, bos, mask)
+        return cross_logits
 
     @staticmethod
     def _queries(decoder: Decoder, batch: int, num_steps: int) -> Tensor:
@@ -188,15 +193,18 @@ class CLIP4STR(nn.Module):
     def _decode_greedy(self, decoder: Decoder, memory_kv: List[KeyValue], tokens: Tensor, num_steps: int,
                        stop_early: bool) -> Tensor:
         """Greedy decoding that writes each step's argmax into `tokens` (N, S) after the BOS."""
-        state = DecodeState(memory_kv, [[] for _ in decoder.layers])
+        state = decoder.start(memory_kv, num_steps)
+        finished = torch.zeros(len(tokens), dtype=torch.bool, device=tokens.device)
         logits = []
         for i in range(num_steps):
             step_logits = decoder.step(state, tokens[:, i], i)
             logits.append(step_logits)
             if i + 1 < num_steps:
                 tokens[:, i + 1] = step_logits[:, 0].argmax(-1)
-                if stop_early and (tokens[:, :i + 2] == self.tokenizer.eos_id).any(-1).all():
-                    break
+                if stop_early:
+                    finished |= tokens[:, i + 1] == self.tokenizer.eos_id
+                    if finished.all():
+                        break
         return torch.cat(logits, dim=1)
 
     def _refine(self, decoder: Decoder, memory_kv: List[KeyValue], logits: Tensor, bos: Tensor,

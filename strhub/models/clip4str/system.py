@@ -150,14 +150,12 @@ class CLIP4STRSystem(CrossEntropySystem):
         if not model.use_language_model:
             return []
         decoder = model.cross_decoder
-        batch = len(tgt_in)
         image_kv = model.cross_image_kv(memory)
-        text_kv = model.caption_kv(torch.cat(visual_logits), {})
+        text_kvs = model.caption_kv(visual_logits)
         cloze = cloze_mask(tgt_in.shape[1], tgt_in.device)
         logits = []
-        for k in range(len(visual_logits)):
-            rows = slice(k * batch, (k + 1) * batch)
-            memory_kv = model.join_kv(image_kv, [(key[rows], value[rows]) for key, value in text_kv])
+        for k, text_kv in enumerate(text_kvs):
+            memory_kv = model.join_kv(image_kv, text_kv)
             context = tgt_in if self.cross_gt_context else torch.cat(
                 [tgt_in[:, :1], visual_logits[k][:, :-1].argmax(-1)], dim=1)
             query_mask, content_mask = (cloze, cloze) if self.cross_cloze_mask else (query_masks[k], content_masks[k])
