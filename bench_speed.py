@@ -10,6 +10,7 @@ charset, 1 to 25 characters, the first 25.
     python bench_speed.py --device cuda --precision bf16 --batches 1 256 --train-batch 128
 """
 import argparse
+import gc
 import json
 import multiprocessing as mp
 import random
@@ -29,6 +30,16 @@ def peak_memory_mib() -> float:
             if line.startswith("VmHWM:"):
                 return int(line.split()[1]) / 1024
     return float("nan")
+
+
+def reset_peak_memory(device: torch.device) -> None:
+    """Starts the peak-memory count afresh, once the model is built (building holds two copies)."""
+    gc.collect()
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+    else:
+        with open("/proc/self/clear_refs", "w") as clear_refs:
+            clear_refs.write("5")
 
 
 def timed(fn: Callable[[], Any], device: torch.device, warmup: int, repeats: int) -> float:
@@ -54,15 +65,20 @@ def training_labels(charset: str, count: int, max_length: int, seed: int) -> Lis
 
 def build(args: argparse.Namespace):
     if args.weights:
-        return load_from_checkpoint(args.weights)
-    torch.manual_seed(0)
-    return create_model(args.experiment, clip_pretrained=None)
+        model = load_from_checkpoint(args.weights)
+    else:
+        torch.manual_seed(0)
+        model = create_model(args.experiment, clip_pretrained=None)
+    if args.compile:
+        model.model.compile_image_encoder()
+    return model
 
 
 def measure(args: argparse.Namespace, task: str, batch: int, queue: mp.Queue) -> None:
     torch.set_num_threads(args.threads or torch.get_num_threads())
     device = torch.device(args.device)
     model = build(args).to(device)
+    reset_peak_memory(device)
     height, width = model.hparams.img_size
     generator = torch.Generator().manual_seed(args.seed + batch)
     images = torch.randn(batch, 3, height, width, generator=generator).clamp(-1, 1).to(device)
@@ -72,6 +88,7 @@ def measure(args: argparse.Namespace, task: str, batch: int, queue: mp.Queue) ->
         with torch.inference_mode(), autocast_context(device, args.precision):
             result["seconds"] = timed(lambda: model(images), device, args.warmup, args.repeats)
             result["encoder_seconds"] = timed(lambda: model.model.encode(images), device, args.warmup, args.repeats)
+            result["steps"] = model(images).shape[1]
     else:
         model.train()
         labels = training_labels(model.hparams.charset_train, batch, model.hparams.max_label_length, args.seed)
@@ -126,6 +143,7 @@ def main(argv: Optional[List[str]] = None) -> None:
     parser.add_argument("--precision", default="32", choices=["32", "bf16", "16"])
     parser.add_argument("--batches", type=int, nargs="+", default=[1, 8], help="inference batch sizes")
     parser.add_argument("--train-batch", type=int, default=8, help="training batch size (0: skip)")
+    parser.add_argument("--compile", action="store_true", help="compile the image encoder (torch.compile)")
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--seed", type=int, default=0, help="seed of the inputs (images: seed + batch)")
@@ -135,7 +153,8 @@ def main(argv: Optional[List[str]] = None) -> None:
     results = [run(args, "inference", batch) for batch in args.batches]
     if args.train_batch:
         results.append(run(args, "training", args.train_batch))
-    print(f"{args.experiment if not args.weights else args.weights} on {args.device}, precision {args.precision}")
+    print(f"{args.weights or args.experiment} on {args.device}, precision {args.precision}"
+          f"{', compiled encoder' if args.compile else ''}, {torch.get_num_threads()} threads")
     for result in results:
         print(report(result))
     if args.json:

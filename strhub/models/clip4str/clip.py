@@ -16,7 +16,10 @@ import torch
 from open_clip.model import CLIP, CLIPTextCfg, CLIPVisionCfg
 from open_clip.factory import get_model_config
 from open_clip.tokenizer import SimpleTokenizer
+import torch.nn.functional as F
 from torch import Tensor, nn
+
+from strhub.models.ops import linear
 
 HEAD_WIDTH = 64
 ClipArch = Dict[str, Any]
@@ -139,6 +142,24 @@ def load_pretrained_clip(path: Union[str, Path], image_size: Optional[Sequence[i
     return model, arch
 
 
+def residual_block(block: nn.Module, x: Tensor, attn_mask: Optional[Tensor] = None) -> Tensor:
+    """An open_clip residual attention block on batch-first tokens (N, L, D): the same computation as
+    its own forward, written out on contiguous tensors (faster than `nn.MultiheadAttention` on a CPU)."""
+    attn, mlp = block.attn, block.mlp
+    q, k, v = linear(block.ln_1(x), attn.in_proj_weight, attn.in_proj_bias).unflatten(
+        -1, (3, attn.num_heads, -1)).permute(2, 0, 3, 1, 4)
+    out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask).transpose(1, 2).flatten(2)
+    x = x + block.ls_1(linear(out, attn.out_proj.weight, attn.out_proj.bias))
+    hidden = mlp.gelu(linear(block.ln_2(x), mlp.c_fc.weight, mlp.c_fc.bias))
+    return x + block.ls_2(linear(hidden, mlp.c_proj.weight, mlp.c_proj.bias))
+
+
+def run_transformer(transformer: nn.Module, x: Tensor, attn_mask: Optional[Tensor] = None) -> Tensor:
+    for block in transformer.resblocks:
+        x = residual_block(block, x, attn_mask)
+    return x
+
+
 def encode_image_tokens(clip: CLIP, images: Tensor, projection: bool = True) -> Tensor:
     """All image tokens (CLS first) after `ln_post`, projected to the joint space unless told not
     to: (N, 1 + grid, D)."""
@@ -146,7 +167,7 @@ def encode_image_tokens(clip: CLIP, images: Tensor, projection: bool = True) -> 
     x = visual.conv1(images.to(visual.conv1.weight.dtype)).flatten(2).transpose(1, 2)
     cls = visual.class_embedding.to(x.dtype).expand(x.shape[0], 1, -1)
     x = torch.cat([cls, x], dim=1) + visual.positional_embedding.to(x.dtype)
-    x = visual.transformer(visual.ln_pre(x))
+    x = run_transformer(visual.transformer, visual.ln_pre(x))
     x = visual.ln_post(x)
     return x @ visual.proj if projection else x
 
@@ -155,7 +176,7 @@ def encode_text_tokens(clip: CLIP, token_ids: Tensor) -> Tensor:
     """Features of every position of a short causal context, projected: (N, L, D)."""
     length = token_ids.shape[1]
     x = clip.token_embedding(token_ids) + clip.positional_embedding[:length]
-    x = clip.transformer(x, attn_mask=clip.attn_mask[:length, :length])
+    x = run_transformer(clip.transformer, x, clip.attn_mask[:length, :length].to(x.dtype))
     return clip.ln_final(x) @ clip.text_projection
 
 
