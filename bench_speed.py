@@ -88,7 +88,6 @@ def measure(args: argparse.Namespace, task: str, batch: int, queue: mp.Queue) ->
         with torch.inference_mode(), autocast_context(device, args.precision):
             result["seconds"] = timed(lambda: model(images), device, args.warmup, args.repeats)
             result["encoder_seconds"] = timed(lambda: model.model.encode(images), device, args.warmup, args.repeats)
-            result["steps"] = model(images).shape[1]
     else:
         model.train()
         labels = training_labels(model.hparams.charset_train, batch, model.hparams.max_label_length, args.seed)
