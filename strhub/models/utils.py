@@ -160,12 +160,16 @@ def load_from_checkpoint(checkpoint_path: Union[str, Path], **overrides: Any) ->
         raise InvalidCheckpointError(
             f"{path} predicts {num_classes - 1} characters but charset_train has {len(config['charset_train'])}; "
             f"pass charset_train=<the training charset> to load it")
-    model = CLIP4STRSystem(**config)
-    missing, unexpected = model.model.load_state_dict(state_dict, strict=False)
-    if missing or unexpected:
-        raise InvalidCheckpointError(f"{path} does not fit the model it describes: missing {missing[:5]}, "
-                                     f"unexpected {unexpected[:5]}")
-    return model
+    with torch.device("meta"):  # the checkpoint's tensors become the parameters: no second copy
+        model = CLIP4STRSystem(**config)
+    state_dict = {k: v.float() if v.is_floating_point() else v for k, v in state_dict.items()}
+    try:
+        model.model.load_state_dict(state_dict, strict=True, assign=True)
+    except RuntimeError as err:
+        raise InvalidCheckpointError(f"{path} does not fit the model it describes: {err}") from err
+    clip = model.model.clip_model
+    clip.attn_mask = torch.full(clip.attn_mask.shape, float("-inf")).triu(1)  # open_clip's unsaved buffer
+    return model.to("cpu")
 
 
 def load_weights(model: CLIP4STRSystem, checkpoint_path: Union[str, Path]) -> None:

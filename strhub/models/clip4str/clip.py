@@ -176,7 +176,8 @@ def encode_text_tokens(clip: CLIP, token_ids: Tensor) -> Tensor:
     """Features of every position of a short causal context, projected: (N, L, D)."""
     length = token_ids.shape[1]
     x = clip.token_embedding(token_ids) + clip.positional_embedding[:length]
-    x = run_transformer(clip.transformer, x, clip.attn_mask[:length, :length].to(x.dtype))
+    causal = torch.full((length, length), float("-inf"), dtype=x.dtype, device=x.device).triu(1)
+    x = run_transformer(clip.transformer, x, causal)
     return clip.ln_final(x) @ clip.text_projection
 
 
