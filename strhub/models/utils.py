@@ -13,6 +13,7 @@ from torch import Tensor
 
 from strhub.models.clip4str.clip import arch_from_state_dict
 from strhub.models.clip4str.system import CLIP4STRSystem
+from strhub.models.decoder import store_input_major
 
 CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs"
 
@@ -169,6 +170,9 @@ def load_from_checkpoint(checkpoint_path: Union[str, Path], **overrides: Any) ->
         raise InvalidCheckpointError(f"{path} does not fit the model it describes: {err}") from err
     clip = model.model.clip_model
     clip.attn_mask = torch.full(clip.attn_mask.shape, float("-inf")).triu(1)  # open_clip's unsaved buffer
+    for module in (clip.transformer, model.model.visual_decoder, model.model.cross_decoder):
+        if module is not None:
+            store_input_major(module)
     return model.to("cpu")
 
 

@@ -19,8 +19,6 @@ from open_clip.tokenizer import SimpleTokenizer
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from strhub.models.ops import linear
-
 HEAD_WIDTH = 64
 ClipArch = Dict[str, Any]
 
@@ -145,13 +143,12 @@ def load_pretrained_clip(path: Union[str, Path], image_size: Optional[Sequence[i
 def residual_block(block: nn.Module, x: Tensor, attn_mask: Optional[Tensor] = None) -> Tensor:
     """An open_clip residual attention block on batch-first tokens (N, L, D): the same computation as
     its own forward, written out on contiguous tensors (faster than `nn.MultiheadAttention` on a CPU)."""
-    attn, mlp = block.attn, block.mlp
-    q, k, v = linear(block.ln_1(x), attn.in_proj_weight, attn.in_proj_bias).unflatten(
+    attn = block.attn
+    q, k, v = F.linear(block.ln_1(x), attn.in_proj_weight, attn.in_proj_bias).unflatten(
         -1, (3, attn.num_heads, -1)).permute(2, 0, 3, 1, 4)
     out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask).transpose(1, 2).flatten(2)
-    x = x + block.ls_1(linear(out, attn.out_proj.weight, attn.out_proj.bias))
-    hidden = mlp.gelu(linear(block.ln_2(x), mlp.c_fc.weight, mlp.c_fc.bias))
-    return x + block.ls_2(linear(hidden, mlp.c_proj.weight, mlp.c_proj.bias))
+    x = x + block.ls_1(attn.out_proj(out))
+    return x + block.ls_2(block.mlp(block.ln_2(x)))
 
 
 def run_transformer(transformer: nn.Module, x: Tensor, attn_mask: Optional[Tensor] = None) -> Tensor:
