@@ -10,6 +10,21 @@ use_device() {
     fi
 }
 
+# inference_args MIN_ARGS SCRIPT ARGS...: prints the script's usage and exits when fewer than MIN_ARGS arguments are
+# given; otherwise sets $device from the first argument and $checkpoint from the second (a path, or a name under
+# $OUTPUTS, default outputs). The caller then drops both with `shift 2`.
+inference_args() {
+    local min_args=$1 script=$2
+    shift 2
+    if [[ $# -lt $min_args ]]; then
+        sed -n '2,5p' "$script" >&2
+        exit 2
+    fi
+    use_device "$1"
+    checkpoint=$2
+    [[ -e $checkpoint ]] || checkpoint="${OUTPUTS:-outputs}/$checkpoint"
+}
+
 # batch_rule: NODES x GPUS x ACCUM x BATCH = 1024, the effective batch of the paper (the learning rate is scaled
 # by it / 512). Reads NODES, GPUS and BATCH (per GPU) with the given defaults, sets $nodes $gpus $batch $accum.
 batch_rule() {

@@ -4,14 +4,8 @@
 # CHECKPOINT: a .ckpt file or a run folder (its best checkpoint), as a path or as a name under $OUTPUTS.
 # Environment: DATA_ROOT (default: data), OUTPUTS (default: outputs).
 set -euo pipefail
-if [[ $# -lt 2 ]]; then
-    sed -n '2,5p' "$0" >&2
-    exit 2
-fi
 repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 source "$repo/scripts/common.sh"
-use_device "$1"
-checkpoint=$2
+inference_args 2 "$0" "$@"
 shift 2
-[[ -e $checkpoint ]] || checkpoint="${OUTPUTS:-outputs}/$checkpoint"
 python "$repo/test.py" "$checkpoint" --data_root "${DATA_ROOT:-data}" --device "$device" --new "$@"
