@@ -1,6 +1,8 @@
 """Building CLIP4STR from configs and loading checkpoints, including the original's released files."""
 import collections
 import contextlib
+import ctypes
+import gc
 import pathlib
 import pickle
 from pathlib import Path
@@ -147,7 +149,15 @@ def load_from_checkpoint(checkpoint_path: Union[str, Path], **overrides: Any) ->
     state dict in the original's key layout. No CLIP weight file is needed: the backbone's shape is
     read off the checkpoint's tensors; settings come from its hyper-parameters where it has them,
     else from the configs, and `overrides` win over both."""
-    path = Path(checkpoint_path)
+    model = _model_from_checkpoint(Path(checkpoint_path), overrides)
+    for module in (model.model.clip_model.transformer, model.model.visual_decoder, model.model.cross_decoder):
+        if module is not None:
+            store_input_major(module)
+    _return_freed_memory()
+    return model
+
+
+def _model_from_checkpoint(path: Path, overrides: Mapping[str, Any]) -> CLIP4STRSystem:
     state_dict, hparams = read_checkpoint(path)
     state_dict = _strip_prefix(state_dict, path)
     config = model_config()
@@ -170,10 +180,14 @@ def load_from_checkpoint(checkpoint_path: Union[str, Path], **overrides: Any) ->
         raise InvalidCheckpointError(f"{path} does not fit the model it describes: {err}") from err
     clip = model.model.clip_model
     clip.attn_mask = torch.full(clip.attn_mask.shape, float("-inf")).triu(1)  # open_clip's unsaved buffer
-    for module in (clip.transformer, model.model.visual_decoder, model.model.cross_decoder):
-        if module is not None:
-            store_input_major(module)
     return model.to("cpu")
+
+
+def _return_freed_memory() -> None:
+    """Hands the memory freed while loading back to the system (glibc would keep it in the heap)."""
+    gc.collect()
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
 
 
 def load_weights(model: CLIP4STRSystem, checkpoint_path: Union[str, Path]) -> None:
