@@ -40,8 +40,8 @@ MAX_LABEL_LENGTH = 25
 NUM_TOKENS = len(CHARSET_94) + 3  # EOS + charset + BOS + PAD
 NUM_CLASSES = len(CHARSET_94) + 1  # EOS + charset
 
-# Shaping of the decoders, found by a small search on the official model (the team's harness,
-# /work/harness/tune_grid.py); see _shape_eos. Chosen for: decoded lengths 0..13, visual AR early stop
+# Shaping of the decoders, found by a small search on the official model (in the team's harness, kept
+# outside this repository); see _shape_eos. Chosen for: decoded lengths 0..13, visual AR early stop
 # after 2..9 steps for single images and 9 for the batch of 24 (so the batch coupling of spec 4.4
 # changes many outputs), |logits| <= ~55, and every argmax decision at least 6e-3 away from a tie.
 EOS_TUNING: Dict[str, Dict[str, float]] = {
