@@ -311,3 +311,12 @@ def test_checkpoints_cannot_run_code(tmp_path):
     torch.save({"state_dict": {}, "hyper_parameters": {"x": _Payload()}}, path)
     with pytest.raises(InvalidCheckpointError, match="refusing to load '.*print'"):
         load_from_checkpoint(path)
+
+
+def test_loaded_weights_are_input_major_with_the_same_values(tiny_model, tmp_path):
+    path = tmp_path / "model.ckpt"
+    torch.save({"state_dict": tiny_model.state_dict(), "hyper_parameters": dict(tiny_model.hparams)}, path)
+    loaded = load_from_checkpoint(path)
+    weight = loaded.model.visual_decoder.layers[0].linear1.weight
+    assert weight.stride() == (1, weight.shape[0])
+    assert all(torch.equal(a, b) for a, b in zip(loaded.state_dict().values(), tiny_model.state_dict().values()))

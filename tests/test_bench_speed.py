@@ -1,0 +1,22 @@
+"""bench_speed.py measures inference and training in fresh processes and prints one line each."""
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_bench_speed_reports_every_measurement(tmp_path: Path) -> None:
+    output = tmp_path / "speed.json"
+    run = subprocess.run([sys.executable, "bench_speed.py", "--experiment", "tiny", "--batches", "1", "2",
+                          "--train-batch", "2", "--warmup", "0", "--repeats", "1", "--json", str(output)],
+                         cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stderr
+    lines = [line for line in run.stdout.splitlines() if "batch" in line]
+    assert [line.split()[0] for line in lines] == ["inference", "inference", "training"]
+    results = json.loads(output.read_text())
+    assert [(r["task"], r["batch"]) for r in results] == [("inference", 1), ("inference", 2), ("training", 2)]
+    for result in results:
+        assert 0 < result["encoder_seconds"] < result["seconds"]
+        assert result["peak_memory_mib"] > 100
