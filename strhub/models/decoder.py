@@ -162,13 +162,11 @@ class Decoder(nn.Module):
         """Each layer's cross-attention keys and values of `memory`."""
         return [project_kv(layer.cross_attn, memory) for layer in self.layers]
 
-    def embed_content(self, tokens: Tensor, start: int = 0) -> Tensor:
-        """Content embeddings of `tokens` placed at positions `start...`: position 0 (BOS) has no
-        positional term, position k > 0 gets `pos_queries[k - 1]`."""
+    def embed_content(self, tokens: Tensor) -> Tensor:
+        """Content embeddings of `tokens` (N, L): position 0 (BOS) has no positional term, position
+        k > 0 gets `pos_queries[k - 1]`."""
         embedded = self.text_embed(tokens)
-        positions = torch.arange(start, start + tokens.shape[1], device=tokens.device)
-        pos = self.pos_queries[0, (positions - 1).clamp(min=0)] * (positions > 0).unsqueeze(-1)
-        return embedded + pos
+        return torch.cat([embedded[:, :1], embedded[:, 1:] + self.pos_queries[:, :tokens.shape[1] - 1]], dim=1)
 
     def forward(self, tokens: Tensor, memory_kv: List[KeyValue], queries: Optional[Tensor] = None,
                 query_mask: Optional[Tensor] = None, content_mask: Optional[Tensor] = None,

@@ -2,6 +2,7 @@
 import collections
 import contextlib
 import ctypes
+import functools
 import gc
 import pathlib
 import pickle
@@ -78,6 +79,7 @@ _restricted_pickle.Unpickler = _CheckpointUnpickler
 _restricted_pickle.load = pickle.load
 
 
+@functools.lru_cache(maxsize=None)
 def _allowed_globals() -> Dict[str, Any]:
     from torch._weights_only_unpickler import _get_allowed_globals
 
