@@ -14,7 +14,7 @@ from omegaconf import DictConfig
 from torch.utils.benchmark import Timer
 from torch.utils.flop_counter import FlopCounterMode
 
-from strhub.cli import default_device, register_resolvers
+from strhub.cli import default_device, register_resolvers, reuse_freed_memory
 from strhub.models.utils import autocast_context
 
 register_resolvers()
@@ -31,6 +31,7 @@ def seconds_per_call(model: torch.nn.Module, images: torch.Tensor, min_run_time:
 @torch.inference_mode()
 def main(config: DictConfig) -> None:
     device = default_device(config.device)
+    reuse_freed_memory()
     model = instantiate(config.model, clip_pretrained=None).eval().to(device)
     total = sum(p.numel() for p in model.parameters())
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)

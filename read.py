@@ -21,7 +21,7 @@ import torch
 from PIL import Image
 from tqdm import tqdm
 
-from strhub.cli import default_device
+from strhub.cli import default_device, reuse_freed_memory
 from strhub.data.module import SceneTextDataModule
 from strhub.evaluate import best_checkpoint
 from strhub.models.utils import InvalidCheckpointError, autocast_context, load_from_checkpoint, parse_model_args
@@ -82,6 +82,7 @@ def main() -> None:
     if not inputs:
         parser.error("give image files, folders or globs (or --images_path DIR)")
     device = default_device(args.device)
+    reuse_freed_memory()
     try:
         kwargs = parse_model_args([a for a in argv if MODEL_ARG.match(a)])
     except ValueError as err:

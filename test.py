@@ -10,6 +10,7 @@ import argparse
 import logging
 from pathlib import Path
 
+from strhub.cli import reuse_freed_memory
 from strhub.evaluate import evaluate_checkpoint
 from strhub.models.utils import InvalidCheckpointError, parse_model_args
 
@@ -36,6 +37,7 @@ def main() -> None:
     except ValueError as err:
         parser.error(str(err))
     logging.basicConfig(level=logging.INFO, format="%(levelname)s: %(message)s")
+    reuse_freed_memory()
     try:
         evaluate_checkpoint(**vars(args), model_kwargs=kwargs)
     except (FileNotFoundError, InvalidCheckpointError) as err:  # a missing or unfit checkpoint, a missing data root

@@ -22,7 +22,7 @@ from pytorch_lightning.loggers import CSVLogger, TensorBoardLogger
 from pytorch_lightning.strategies import DDPStrategy, Strategy
 from pytorch_lightning.utilities import rank_zero_only
 
-from strhub.cli import register_resolvers
+from strhub.cli import register_resolvers, reuse_freed_memory
 from strhub.evaluate import evaluate_checkpoint
 from strhub.models.utils import load_weights
 
@@ -100,6 +100,7 @@ def save_config(config: DictConfig, run_dir: Path) -> None:
 @hydra.main(config_path="configs", config_name="main", version_base="1.3")
 def main(config: DictConfig) -> None:
     processes = world_size(config.trainer)
+    reuse_freed_memory()
     with open_dict(config):
         config.data.root_dir = to_absolute_path(config.data.root_dir)
         for key in ("ckpt_path", "pretrained"):

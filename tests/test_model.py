@@ -161,7 +161,7 @@ def test_greedy_cache_equals_full_causal_recompute(tiny_model):
     with torch.inference_mode():
         full = decoder(tokens, decoder.memory_kv(memory), None, causal, causal)
         state = decoder.start(decoder.memory_kv(memory), 6)
-        stepped = torch.cat([decoder.step(state, tokens[:, i], i) for i in range(6)], dim=1)
+        stepped = torch.stack([decoder.step(state, tokens[:, i], i) for i in range(6)], dim=1)
     assert torch.allclose(full, stepped, atol=1e-5)
 
 
@@ -313,10 +313,15 @@ def test_checkpoints_cannot_run_code(tmp_path):
         load_from_checkpoint(path)
 
 
-def test_loaded_weights_are_input_major_with_the_same_values(tiny_model, tmp_path):
+def test_weights_are_input_major_out_of_training_with_the_same_values(tiny_model, tmp_path):
     path = tmp_path / "model.ckpt"
     torch.save({"state_dict": tiny_model.state_dict(), "hyper_parameters": dict(tiny_model.hparams)}, path)
     loaded = load_from_checkpoint(path)
     weight = loaded.model.visual_decoder.layers[0].linear1.weight
-    assert weight.stride() == (1, weight.shape[0])
+    text_weight = loaded.model.clip_model.transformer.resblocks[0].attn.in_proj_weight
+    assert weight.is_contiguous() and text_weight.is_contiguous()
+    loaded.eval()
+    assert weight.stride() == (1, weight.shape[0]) and text_weight.stride() == (1, text_weight.shape[0])
     assert all(torch.equal(a, b) for a, b in zip(loaded.state_dict().values(), tiny_model.state_dict().values()))
+    loaded.train()
+    assert weight.is_contiguous() and text_weight.is_contiguous()

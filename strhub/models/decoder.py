@@ -42,18 +42,6 @@ def attend(attn: nn.MultiheadAttention, q: Tensor, kv: KeyValue, mask: Optional[
     return attn.out_proj(out.transpose(1, 2).flatten(2))
 
 
-def store_input_major(module: nn.Module) -> None:
-    """Re-lays out the weights of every linear layer and attention projection in `module` with
-    transposed (input-major) storage: same values, shapes and names, but BLAS multiplies few rows
-    (greedy decoding, short captions) about 1.5x faster by them on a CPU, and no faster or slower
-    for many rows."""
-    for sub in module.modules():
-        if isinstance(sub, nn.Linear):
-            sub.weight.data = sub.weight.data.t().contiguous().t()
-        elif isinstance(sub, nn.MultiheadAttention):
-            sub.in_proj_weight.data = sub.in_proj_weight.data.t().contiguous().t()
-
-
 def merge_masks(attn_mask: Optional[Tensor], padding_mask: Optional[Tensor]) -> Optional[Tensor]:
     """One additive mask broadcastable to (N, H, Lq, Lk) from an (Lq, Lk) float mask and an (N, Lk)
     boolean key-padding mask."""
@@ -115,18 +103,29 @@ class TokenEmbedding(nn.Module):
 class DecodeState:
     """What greedy decoding keeps between steps: the memory's keys and values, the content keys and
     values of past positions (they never see later ones, so they are fixed once computed), the
-    scaled character embeddings, and the first layer's queries, which depend on the position only."""
+    scaled character embeddings, the first layer's queries (they depend on the position only) and
+    each layer's attention weights split into their query and key-value parts."""
 
     def __init__(self, decoder: "Decoder", memory_kv: List[KeyValue], num_steps: int) -> None:
-        self.memory_kv = memory_kv
         key = memory_kv[0][0]
-        shape = (key.shape[0], key.shape[1], num_steps, key.shape[3])
-        self.keys = [key.new_empty(shape) for _ in decoder.layers]
-        self.values = [key.new_empty(shape) for _ in decoder.layers]
+        batch, num_heads, _, head_dim = key.shape
+        self.memory_kv = memory_kv
+        self.content_kv = [key.new_empty(batch, 2, num_heads, num_steps, head_dim) for _ in decoder.layers]
         self.embeddings = decoder.text_embed(torch.arange(len(decoder.text_embed.embedding.weight), device=key.device))
+        self.positions = decoder.pos_queries[0, :num_steps]
         first = decoder.layers[0]
-        queries = decoder.pos_queries[:, :num_steps]
-        self.first_q = project_q(first.self_attn, first.norm_q(queries)).expand(key.shape[0], -1, -1, -1)
+        first_q = project_q(first.self_attn, first.norm_q(decoder.pos_queries[:, :num_steps]))
+        self.first_q = first_q.expand(batch, -1, -1, -1)
+        self.weights = [_step_weights(layer) for layer in decoder.layers]
+
+
+def _step_weights(layer: "DecoderLayer") -> Tuple[Tensor, ...]:
+    """The query and key-value halves of a layer's self-attention input projection, and the query
+    part of its cross-attention one."""
+    dim = layer.self_attn.embed_dim
+    self_w, self_b = layer.self_attn.in_proj_weight, layer.self_attn.in_proj_bias
+    cross_w, cross_b = layer.cross_attn.in_proj_weight, layer.cross_attn.in_proj_bias
+    return self_w[:dim], self_b[:dim], self_w[dim:], self_b[dim:], cross_w[:dim], cross_b[:dim]
 
 
 class Decoder(nn.Module):
@@ -188,23 +187,51 @@ class Decoder(nn.Module):
         return DecodeState(self, memory_kv, num_steps)
 
     def step(self, state: DecodeState, token: Tensor, position: int) -> Tensor:
-        """One greedy step: adds content position `position` holding `token` (N,) and returns the
-        logits (N, 1, C) of the query at that position, which sees every content position so far."""
+        """One greedy step (inference only): adds content position `position` holding `token` (N,)
+        and returns the logits (N, C) of the query at that position, which sees every content
+        position so far. Works on (N, D) rows with the layers' weights directly."""
         content = state.embeddings[token]
         if position:
-            content = content + self.pos_queries[0, position - 1]
-        content = content[:, None]
-        query = self.pos_queries[:, position:position + 1]
-        for i, layer in enumerate(self.layers):
-            content_norm = layer.norm_c(content)
-            key, value = project_kv(layer.self_attn, content_norm)
-            state.keys[i][:, :, position:position + 1] = key
-            state.values[i][:, :, position:position + 1] = value
-            content_kv = (state.keys[i][:, :, :position + 1], state.values[i][:, :, :position + 1])
-            q = state.first_q[:, :, position:position + 1] if i == 0 else project_q(layer.self_attn,
-                                                                                    layer.norm_q(query))
-            query = layer.stream(query, q, content_kv, state.memory_kv[i], None)
-            if i < len(self.layers) - 1:
-                content = layer.stream(content, project_q(layer.self_attn, content_norm), content_kv,
-                                       state.memory_kv[i], None)
-        return self.head(self.norm(query))
+            content = content + state.positions[position - 1]
+        query = state.positions[position]
+        for i, (layer, (q_w, q_b, kv_w, kv_b, cross_q_w, cross_q_b)) in enumerate(zip(self.layers, state.weights)):
+            content_norm = _layer_norm(layer.norm_c, content)
+            cache = state.content_kv[i]
+            cache[:, :, :, position] = F.linear(content_norm, kv_w, kv_b).view(cache.shape[:3] + cache.shape[4:])
+            self_kv = (cache[:, 0, :, :position + 1], cache[:, 1, :, :position + 1])
+            memory_kv = state.memory_kv[i]
+            if i == 0:
+                q = state.first_q[:, :, position:position + 1]
+            else:
+                q = _rows_to_heads(F.linear(_layer_norm(layer.norm_q, query), q_w, q_b), cache.shape[2])
+            last = i == len(self.layers) - 1
+            if not last:
+                content_q = _rows_to_heads(F.linear(content_norm, q_w, q_b), cache.shape[2])
+                content = _stream_rows(layer, content, content_q, self_kv, memory_kv, cross_q_w, cross_q_b)
+            query = _stream_rows(layer, query, q, self_kv, memory_kv, cross_q_w, cross_q_b)
+        return F.linear(_layer_norm(self.norm, query), self.head.weight, self.head.bias)
+
+
+def _layer_norm(norm: nn.LayerNorm, x: Tensor) -> Tensor:
+    return F.layer_norm(x, norm.normalized_shape, norm.weight, norm.bias, norm.eps)
+
+
+def _rows_to_heads(x: Tensor, num_heads: int) -> Tensor:
+    """(N, D) -> (N, H, 1, D / H)."""
+    return x.view(len(x), num_heads, 1, -1)
+
+
+def _attend_rows(q: Tensor, kv: KeyValue, out_proj: nn.Linear) -> Tensor:
+    """Attention of one query per sample (N, H, 1, D / H), projected out: (N, D)."""
+    out = F.scaled_dot_product_attention(q, kv[0], kv[1])
+    return F.linear(out.view(len(out), -1), out_proj.weight, out_proj.bias)
+
+
+def _stream_rows(layer: DecoderLayer, x: Tensor, q: Tensor, self_kv: KeyValue, memory_kv: KeyValue,
+                 cross_q_w: Tensor, cross_q_b: Tensor) -> Tensor:
+    """`DecoderLayer.stream` in eval mode for one position per sample, on (N, D) rows."""
+    x = x + _attend_rows(q, self_kv, layer.self_attn.out_proj)
+    cross_q = _rows_to_heads(F.linear(_layer_norm(layer.norm1, x), cross_q_w, cross_q_b), q.shape[1])
+    x = x + _attend_rows(cross_q, memory_kv, layer.cross_attn.out_proj)
+    hidden = F.gelu(F.linear(_layer_norm(layer.norm2, x), layer.linear1.weight, layer.linear1.bias))
+    return x + F.linear(hidden, layer.linear2.weight, layer.linear2.bias)

@@ -1,9 +1,7 @@
 """Building CLIP4STR from configs and loading checkpoints, including the original's released files."""
 import collections
 import contextlib
-import ctypes
 import functools
-import gc
 import pathlib
 import pickle
 from pathlib import Path
@@ -16,7 +14,7 @@ from torch import Tensor
 
 from strhub.models.clip4str.clip import arch_from_state_dict
 from strhub.models.clip4str.system import CLIP4STRSystem
-from strhub.models.decoder import store_input_major
+from strhub.models.layout import return_freed_memory
 
 CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs"
 
@@ -152,10 +150,7 @@ def load_from_checkpoint(checkpoint_path: Union[str, Path], **overrides: Any) ->
     read off the checkpoint's tensors; settings come from its hyper-parameters where it has them,
     else from the configs, and `overrides` win over both."""
     model = _model_from_checkpoint(Path(checkpoint_path), overrides)
-    for module in (model.model.clip_model.transformer, model.model.visual_decoder, model.model.cross_decoder):
-        if module is not None:
-            store_input_major(module)
-    _return_freed_memory()
+    return_freed_memory()
     return model
 
 
@@ -183,13 +178,6 @@ def _model_from_checkpoint(path: Path, overrides: Mapping[str, Any]) -> CLIP4STR
     clip = model.model.clip_model
     clip.attn_mask = torch.full(clip.attn_mask.shape, float("-inf")).triu(1)  # open_clip's unsaved buffer
     return model.to("cpu")
-
-
-def _return_freed_memory() -> None:
-    """Hands the memory freed while loading back to the system (glibc would keep it in the heap)."""
-    gc.collect()
-    with contextlib.suppress(OSError, AttributeError):
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
 
 
 def load_weights(model: CLIP4STRSystem, checkpoint_path: Union[str, Path]) -> None:

@@ -143,18 +143,17 @@ def load_pretrained_clip(path: Union[str, Path], image_size: Optional[Sequence[i
 def residual_block(block: nn.Module, x: Tensor, attn_mask: Optional[Tensor] = None) -> Tensor:
     """An open_clip residual attention block on batch-first tokens (N, L, D): the same computation as
     its own forward, written out on contiguous tensors (faster than `nn.MultiheadAttention` on a CPU)."""
-    attn = block.attn
-    q, k, v = F.linear(block.ln_1(x), attn.in_proj_weight, attn.in_proj_bias).unflatten(
-        -1, (3, attn.num_heads, -1)).permute(2, 0, 3, 1, 4)
-    out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask).transpose(1, 2).flatten(2)
-    x = x + block.ls_1(attn.out_proj(out))
+    x = x + block.ls_1(attention(block, block.ln_1(x), attn_mask))
     return x + block.ls_2(block.mlp(block.ln_2(x)))
 
 
-def run_transformer(transformer: nn.Module, x: Tensor, attn_mask: Optional[Tensor] = None) -> Tensor:
-    for block in transformer.resblocks:
-        x = residual_block(block, x, attn_mask)
-    return x
+def attention(block: nn.Module, x: Tensor, attn_mask: Optional[Tensor] = None) -> Tensor:
+    """The block's self-attention of normalised tokens (N, L, D), projected out."""
+    attn = block.attn
+    q, k, v = F.linear(x, attn.in_proj_weight, attn.in_proj_bias).unflatten(
+        -1, (3, attn.num_heads, -1)).permute(2, 0, 3, 1, 4)
+    out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask).transpose(1, 2).flatten(2)
+    return attn.out_proj(out)
 
 
 def encode_image_tokens(clip: CLIP, images: Tensor, projection: bool = True) -> Tensor:
@@ -163,19 +162,48 @@ def encode_image_tokens(clip: CLIP, images: Tensor, projection: bool = True) -> 
     visual = clip.visual
     x = visual.conv1(images.to(visual.conv1.weight.dtype)).flatten(2).transpose(1, 2)
     cls = visual.class_embedding.to(x.dtype).expand(x.shape[0], 1, -1)
-    x = torch.cat([cls, x], dim=1) + visual.positional_embedding.to(x.dtype)
-    x = run_transformer(visual.transformer, visual.ln_pre(x))
+    x = visual.ln_pre(torch.cat([cls, x], dim=1) + visual.positional_embedding.to(x.dtype))
+    for block in visual.transformer.resblocks:
+        x = residual_block(block, x)
     x = visual.ln_post(x)
     return x @ visual.proj if projection else x
 
 
+def shared_prefixes(token_ids: Tensor) -> Tuple[Tensor, Tensor]:
+    """Groups the positions of token rows (N, L) by the tokens up to and including them. Returns the
+    flat index (into N * L) of one position of each of the R groups, and the group of every
+    position (N * L,), groups numbered in order of position."""
+    rows, length = token_ids.shape
+    groups = torch.empty(rows, length, dtype=torch.long, device=token_ids.device)
+    previous = torch.zeros(rows, dtype=torch.long, device=token_ids.device)
+    count = 0
+    for position in range(length):
+        keys = torch.stack([previous, token_ids[:, position].long()], dim=1)
+        distinct, previous = torch.unique(keys, dim=0, return_inverse=True)
+        groups[:, position] = previous + count
+        count += len(distinct)
+    groups = groups.flatten()
+    flat = torch.arange(len(groups), device=groups.device)
+    first = torch.full((count,), len(groups), dtype=torch.long, device=groups.device)
+    return first.scatter_reduce_(0, groups, flat, "amin"), groups
+
+
 def encode_text_tokens(clip: CLIP, token_ids: Tensor) -> Tensor:
-    """Features of every position of a short causal context, projected: (N, L, D)."""
-    length = token_ids.shape[1]
-    x = clip.token_embedding(token_ids) + clip.positional_embedding[:length]
+    """Features of every position of a short causal context, projected: (N, L, D).
+
+    Under the causal mask a position's features depend only on the tokens up to it, so positions
+    that share them (a common start of two captions, or a caption given twice) are computed once:
+    the blocks' projections and MLPs run on the distinct prefixes only."""
+    batch, length = token_ids.shape
+    first, groups = shared_prefixes(token_ids)
+    positions = first % length
+    x = clip.token_embedding(token_ids.flatten()[first]) + clip.positional_embedding[positions]
     causal = torch.full((length, length), float("-inf"), dtype=x.dtype, device=x.device).triu(1)
-    x = run_transformer(clip.transformer, x, causal)
-    return clip.ln_final(x) @ clip.text_projection
+    for block in clip.transformer.resblocks:
+        attended = attention(block, block.ln_1(x)[groups].view(batch, length, -1), causal)
+        x = x + block.ls_1(attended.flatten(0, 1)[first])
+        x = x + block.ls_2(block.mlp(block.ln_2(x)))
+    return (clip.ln_final(x) @ clip.text_projection)[groups].view(batch, length, -1)
 
 
 class CaptionTokenizer(SimpleTokenizer):

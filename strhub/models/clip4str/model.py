@@ -9,6 +9,7 @@ from torch import Tensor, nn
 from strhub.data.utils import CharsetAdapter, Tokenizer
 from strhub.models.clip4str.clip import CaptionTokenizer, encode_image_tokens, encode_text_tokens
 from strhub.models.decoder import Decoder, KeyValue
+from strhub.models.layout import lay_out_weights, return_freed_memory
 
 
 def cloze_mask(size: int, device: torch.device) -> Tensor:
@@ -92,8 +93,13 @@ class CLIP4STR(nn.Module):
         self.image_encoder = torch.compile(encode_image_tokens, **options)
 
     def train(self, mode: bool = True) -> "CLIP4STR":
-        """Frozen CLIP blocks stay in eval mode."""
+        """Frozen CLIP blocks stay in eval mode. Out of training, the weights that multiply few rows
+        (text encoder, decoders) are stored input-major (see `strhub.models.layout`)."""
         super().train(mode)
+        moved = [lay_out_weights(module, input_major=not mode)
+                 for module in (self.clip_model.transformer, self.visual_decoder, self.cross_decoder) if module is not None]
+        if any(moved):
+            return_freed_memory()
         if mode:
             for block in self.clip_model.visual.transformer.resblocks[:self.image_frozen_blocks]:
                 block.eval()
@@ -120,7 +126,7 @@ class CLIP4STR(nn.Module):
     def caption_kv(self, visual_logits: List[Tensor]) -> List[List[KeyValue]]:
         """For each tensor of visual logits (N, L, C), the cross decoder's keys and values of the text
         part of its memory: the CLIP encoding of the captions read off the logits. The captions of
-        all the tensors are encoded together, each distinct caption once."""
+        all the tensors are encoded together."""
         captions = [caption for logits in visual_logits
                     for caption in self.tokenizer.decode_fast(logits.detach().softmax(-1), self.charset_adapter)[0]]
         text_kv = self.cross_decoder.memory_kv(self.encode_captions(captions, visual_logits[0].device))
@@ -129,18 +135,15 @@ class CLIP4STR(nn.Module):
                 for logits, end in zip(visual_logits, ends)]
 
     def encode_captions(self, captions: List[str], device: torch.device) -> Tensor:
-        """CLIP text features of the captions (N, context_length, D), each distinct caption encoded once."""
-        unique = sorted(set(captions))
-        token_ids = self.caption_tokenizer(unique, self.context_length).to(device)
+        """CLIP text features of the captions (N, context_length, D)."""
+        token_ids = self.caption_tokenizer(captions, self.context_length).to(device)
         with torch.set_grad_enabled(torch.is_grad_enabled() and not self.text_frozen):
             if self.cross_token_embeding:
-                features = self.clip_model.token_embedding(token_ids)
-            else:
-                features = encode_text_tokens(self.clip_model, token_ids)
-                if self.clip_cls_eot_feature:
-                    features = features[torch.arange(len(features)), token_ids.argmax(-1)].unsqueeze(1)
-        rows = {caption: row for row, caption in enumerate(unique)}
-        return features[torch.tensor([rows[caption] for caption in captions], device=device)]
+                return self.clip_model.token_embedding(token_ids)
+            features = encode_text_tokens(self.clip_model, token_ids)
+        if self.clip_cls_eot_feature:
+            features = features[torch.arange(len(features)), token_ids.argmax(-1)].unsqueeze(1)
+        return features
 
     @staticmethod
     def join_kv(image_kv: List[KeyValue], text_kv: List[KeyValue]) -> List[KeyValue]:
@@ -200,12 +203,12 @@ class CLIP4STR(nn.Module):
             step_logits = decoder.step(state, tokens[:, i], i)
             logits.append(step_logits)
             if i + 1 < num_steps:
-                tokens[:, i + 1] = step_logits[:, 0].argmax(-1)
+                tokens[:, i + 1] = step_logits.argmax(-1)
                 if stop_early:
                     finished |= tokens[:, i + 1] == self.tokenizer.eos_id
                     if finished.all():
                         break
-        return torch.cat(logits, dim=1)
+        return torch.stack(logits, dim=1)
 
     def _refine(self, decoder: Decoder, memory_kv: List[KeyValue], logits: Tensor, bos: Tensor,
                 mask: Tensor) -> Tensor:
