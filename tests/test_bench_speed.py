@@ -4,6 +4,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -19,4 +21,5 @@ def test_bench_speed_reports_every_measurement(tmp_path: Path) -> None:
     assert [(r["task"], r["batch"]) for r in results] == [("inference", 1), ("inference", 2), ("training", 2)]
     for result in results:
         assert 0 < result["encoder_seconds"] < result["seconds"]
+        assert result["encoder_seconds"] + result["after_encoder_seconds"] == pytest.approx(result["seconds"])
         assert result["peak_memory_mib"] > 100

@@ -5,8 +5,8 @@ import pytest
 import torch
 
 from conftest import TINY_ARCH, make_tiny_model
-from strhub.models.clip4str.clip import (arch_from_state_dict, build_clip, load_pretrained_clip,
-                                         read_clip_state_dict)
+from strhub.models.clip4str.clip import (arch_from_state_dict, build_clip, encode_text_tokens, load_pretrained_clip,
+                                         read_clip_state_dict, shared_prefixes)
 from strhub.models.clip4str.system import permutation_masks
 from strhub.models.utils import (InvalidCheckpointError, create_model, load_from_checkpoint, load_weights,
                                  parse_model_args)
@@ -149,6 +149,24 @@ def test_torchscript_archive_is_read_by_content(tmp_path):
     scripted.save(str(path))
     state_dict = read_clip_state_dict(path)
     assert torch.equal(state_dict["visual.proj"], clip.visual.proj)
+
+
+def test_text_encoder_computes_shared_prefixes_once_with_the_same_features(tiny_model):
+    model = tiny_model.model
+    clip = model.clip_model
+    token_ids = model.caption_tokenizer(["abc", "abd", "abc", "xyz", "a"], model.context_length)
+    length = token_ids.shape[1]
+    first, groups = shared_prefixes(token_ids)
+    prefixes = {tuple(row[:i + 1]) for row in token_ids.tolist() for i in range(length)}
+    assert len(first) == len(prefixes) < token_ids.numel()
+    assert torch.equal(token_ids.flatten()[first][groups], token_ids.flatten())
+    causal = torch.full((length, length), float("-inf")).triu(1)
+    with torch.no_grad():
+        tokens = clip.transformer(clip.token_embedding(token_ids) + clip.positional_embedding[:length], attn_mask=causal)
+        expected = clip.ln_final(tokens) @ clip.text_projection
+        features = encode_text_tokens(clip, token_ids)
+    assert torch.allclose(features, expected, atol=1e-5)
+    assert torch.equal(features[0], features[2])
 
 
 def test_greedy_cache_equals_full_causal_recompute(tiny_model):

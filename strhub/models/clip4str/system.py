@@ -145,7 +145,7 @@ class CLIP4STRSystem(CrossEntropySystem):
     def _cross_logits(self, visual_logits: List[Tensor], memory: Tensor, tgt_in: Tensor, content_masks: Tensor,
                       query_masks: Tensor, padding: Tensor) -> List[Tensor]:
         """The cross branch for every permutation. The image part of its memory is projected once,
-        and each distinct caption of all permutations is encoded once."""
+        and the captions of all permutations are encoded in one call."""
         model = self.model
         if not model.use_language_model:
             return []
