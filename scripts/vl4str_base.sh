@@ -8,9 +8,5 @@
 set -euo pipefail
 repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 source "$repo/scripts/common.sh"
-batch_rule 4 256
-${LAUNCHER:-python} "$repo/train.py" +experiment=vl4str dataset=real \
-    data.root_dir="${DATA_ROOT:-data}" \
-    model.clip_pretrained="${CLIP_DIR:-pretrained/clip}/OpenCLIP-ViT-B-16-DataComp-XL-s13B-b90K.bin" \
-    model.lr=8.4e-5 model.batch_size="$batch" trainer.accumulate_grad_batches="$accum" \
-    trainer.devices="$gpus" trainer.num_nodes="$nodes" trainer.max_epochs=11 "$@"
+train_clip4str 4 256 vl4str OpenCLIP-ViT-B-16-DataComp-XL-s13B-b90K.bin \
+    trainer.max_epochs=11 "$@"

@@ -8,9 +8,5 @@
 set -euo pipefail
 repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 source "$repo/scripts/common.sh"
-batch_rule 4 32
-${LAUNCHER:-python} "$repo/train.py" +experiment=vl4str-huge dataset=real \
-    data.root_dir="${DATA_ROOT:-data}" \
-    model.clip_pretrained="${CLIP_DIR:-pretrained/clip}/appleDFN5B-CLIP-ViT-H-14.bin" \
-    model.lr=8.4e-5 model.batch_size="$batch" trainer.accumulate_grad_batches="$accum" \
-    trainer.devices="$gpus" trainer.num_nodes="$nodes" trainer.max_epochs=4 trainer.val_check_interval=10000 "$@"
+train_clip4str 4 32 vl4str-huge appleDFN5B-CLIP-ViT-H-14.bin \
+    trainer.max_epochs=4 trainer.val_check_interval=10000 "$@"

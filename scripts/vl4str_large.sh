@@ -7,9 +7,5 @@
 set -euo pipefail
 repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 source "$repo/scripts/common.sh"
-batch_rule 4 64
-${LAUNCHER:-python} "$repo/train.py" +experiment=vl4str-large dataset=real \
-    data.root_dir="${DATA_ROOT:-data}" \
-    model.clip_pretrained="${CLIP_DIR:-pretrained/clip}/OpenCLIP-ViT-L-14-DataComp-XL-s13B-b90K.bin" \
-    model.lr=8.4e-5 model.batch_size="$batch" trainer.accumulate_grad_batches="$accum" \
-    trainer.devices="$gpus" trainer.num_nodes="$nodes" trainer.max_epochs=5 trainer.val_check_interval=10000 "$@"
+train_clip4str 4 64 vl4str-large OpenCLIP-ViT-L-14-DataComp-XL-s13B-b90K.bin \
+    trainer.max_epochs=5 trainer.val_check_interval=10000 "$@"
