@@ -22,6 +22,9 @@ def default_device(device: Optional[str] = None) -> torch.device:
     return torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
 
 
+M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3  # glibc's mallopt parameters
+
+
 def reuse_freed_memory() -> None:
     """Has glibc's malloc keep freed blocks of up to 32 MiB for reuse rather than hand them back to
     the system, so that each forward pass does not page-fault its activations in afresh (about 5%
@@ -30,6 +33,3 @@ def reuse_freed_memory() -> None:
         libc = ctypes.CDLL("libc.so.6")
         libc.mallopt(M_MMAP_THRESHOLD, 32 * 2**20)
         libc.mallopt(M_TRIM_THRESHOLD, 2**30)
-
-
-M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3  # glibc's mallopt parameters

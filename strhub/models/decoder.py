@@ -189,7 +189,8 @@ class Decoder(nn.Module):
     def step(self, state: DecodeState, token: Tensor, position: int) -> Tensor:
         """One greedy step (inference only): adds content position `position` holding `token` (N,)
         and returns the logits (N, C) of the query at that position, which sees every content
-        position so far. Works on (N, D) rows with the layers' weights directly."""
+        position so far. Works on (N, D) rows with the layers' weights directly: calling the modules
+        costs 10-20 % more on a CPU at batch 1."""
         content = state.embeddings[token]
         if position:
             content = content + state.positions[position - 1]
@@ -197,16 +198,16 @@ class Decoder(nn.Module):
         for i, (layer, (q_w, q_b, kv_w, kv_b, cross_q_w, cross_q_b)) in enumerate(zip(self.layers, state.weights)):
             content_norm = _layer_norm(layer.norm_c, content)
             cache = state.content_kv[i]
+            num_heads = cache.shape[2]
             cache[:, :, :, position] = F.linear(content_norm, kv_w, kv_b).view(cache.shape[:3] + cache.shape[4:])
             self_kv = (cache[:, 0, :, :position + 1], cache[:, 1, :, :position + 1])
             memory_kv = state.memory_kv[i]
             if i == 0:
                 q = state.first_q[:, :, position:position + 1]
             else:
-                q = _rows_to_heads(F.linear(_layer_norm(layer.norm_q, query), q_w, q_b), cache.shape[2])
-            last = i == len(self.layers) - 1
-            if not last:
-                content_q = _rows_to_heads(F.linear(content_norm, q_w, q_b), cache.shape[2])
+                q = _rows_to_heads(F.linear(_layer_norm(layer.norm_q, query), q_w, q_b), num_heads)
+            if i < len(self.layers) - 1:
+                content_q = _rows_to_heads(F.linear(content_norm, q_w, q_b), num_heads)
                 content = _stream_rows(layer, content, content_q, self_kv, memory_kv, cross_q_w, cross_q_b)
             query = _stream_rows(layer, query, q, self_kv, memory_kv, cross_q_w, cross_q_b)
         return F.linear(_layer_norm(self.norm, query), self.head.weight, self.head.bias)

@@ -172,7 +172,8 @@ def encode_image_tokens(clip: CLIP, images: Tensor, projection: bool = True) -> 
 def shared_prefixes(token_ids: Tensor) -> Tuple[Tensor, Tensor]:
     """Groups the positions of token rows (N, L) by the tokens up to and including them. Returns the
     flat index (into N * L) of one position of each of the R groups, and the group of every
-    position (N * L,), groups numbered in order of position."""
+    position (N * L,), groups numbered in order of position. Best run on the host: it takes one
+    `unique` per position."""
     rows, length = token_ids.shape
     groups = torch.empty(rows, length, dtype=torch.long, device=token_ids.device)
     previous = torch.zeros(rows, dtype=torch.long, device=token_ids.device)
@@ -195,7 +196,7 @@ def encode_text_tokens(clip: CLIP, token_ids: Tensor) -> Tensor:
     that share them (a common start of two captions, or a caption given twice) are computed once:
     the blocks' projections and MLPs run on the distinct prefixes only."""
     batch, length = token_ids.shape
-    first, groups = shared_prefixes(token_ids)
+    first, groups = (index.to(token_ids.device) for index in shared_prefixes(token_ids.cpu()))
     positions = first % length
     x = clip.token_embedding(token_ids.flatten()[first]) + clip.positional_embedding[positions]
     causal = torch.full((length, length), float("-inf"), dtype=x.dtype, device=x.device).triu(1)

@@ -130,9 +130,9 @@ class CLIP4STR(nn.Module):
         captions = [caption for logits in visual_logits
                     for caption in self.tokenizer.decode_fast(logits.detach().softmax(-1), self.charset_adapter)[0]]
         text_kv = self.cross_decoder.memory_kv(self.encode_captions(captions, visual_logits[0].device))
-        ends = torch.tensor([len(logits) for logits in visual_logits]).cumsum(0).tolist()
-        return [[(key[end - len(logits):end], value[end - len(logits):end]) for key, value in text_kv]
-                for logits, end in zip(visual_logits, ends)]
+        sizes = [len(logits) for logits in visual_logits]
+        parts = [list(zip(key.split(sizes), value.split(sizes))) for key, value in text_kv]
+        return [[layer[i] for layer in parts] for i in range(len(sizes))]
 
     def encode_captions(self, captions: List[str], device: torch.device) -> Tensor:
         """CLIP text features of the captions (N, context_length, D)."""
