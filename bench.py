@@ -14,8 +14,7 @@ from omegaconf import DictConfig
 from torch.utils.benchmark import Timer
 from torch.utils.flop_counter import FlopCounterMode
 
-from strhub.cli import default_device, register_resolvers, reuse_freed_memory
-from strhub.models.utils import autocast_context
+from strhub.cli import autocast_context, default_device, register_resolvers, reuse_freed_memory
 
 register_resolvers()
 

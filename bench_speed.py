@@ -1,7 +1,8 @@
 """Inference and training speed of CLIP4STR, with the image encoder's share split out: at inference
 the encoder is timed inside each forward pass; for training, its forward and backward are timed alone.
 
-Each measurement runs in a fresh process so that its peak memory (VmHWM) is its own. Weights are
+Each measurement runs in a fresh process so that its peak memory (VmHWM) is its own; inference runs
+the plain model, as `read.py` does, without importing Lightning. Weights are
 random (or read from `--weights`, a state dict in the original's layout, so that other
 implementations can be measured on the very same weights). Inputs are fixed by `--seed`: images
 `randn(B, 3, H, W)` clamped to [-1, 1] with generator seed + B; labels random over the training
@@ -21,8 +22,9 @@ from typing import Any, Callable, Dict, List, Optional
 
 import torch
 
-from strhub.cli import reuse_freed_memory
-from strhub.models.utils import autocast_context, create_model, load_from_checkpoint
+from strhub.cli import autocast_context, reuse_freed_memory
+from strhub.models.checkpoint import load_model, model_config
+from strhub.models.clip4str.model import CLIP4STR, build_model
 
 
 def peak_memory_mib() -> float:
@@ -85,29 +87,45 @@ def training_labels(charset: str, count: int, max_length: int, seed: int) -> Lis
     return labels
 
 
-def build(args: argparse.Namespace):
+def build_plain(args: argparse.Namespace) -> CLIP4STR:
+    """The plain model, as inference uses it (Lightning is not imported)."""
     if args.weights:
-        model = load_from_checkpoint(args.weights)
+        model = load_model(args.weights)
     else:
         torch.manual_seed(0)
-        model = create_model(args.experiment, clip_pretrained=None)
+        model = build_model({**model_config(args.experiment), "clip_pretrained": None})
     if args.compile:
-        model.model.compile_image_encoder()
+        model.compile_image_encoder()
     return model
+
+
+def build_system(args: argparse.Namespace):
+    """The Lightning system, as training uses it."""
+    from strhub.models.utils import create_model, load_from_checkpoint
+
+    if args.weights:
+        system = load_from_checkpoint(args.weights)
+    else:
+        torch.manual_seed(0)
+        system = create_model(args.experiment, clip_pretrained=None)
+    if args.compile:
+        system.model.compile_image_encoder()
+    return system
 
 
 def measure(args: argparse.Namespace, task: str, batch: int, queue: mp.Queue) -> None:
     torch.set_num_threads(args.threads or torch.get_num_threads())
     reuse_freed_memory()
     device = torch.device(args.device)
-    model = build(args).to(device).train(task == "training")
+    training = task == "training"
+    model = (build_system(args) if training else build_plain(args)).to(device).train(training)
     reset_peak_memory(device)
-    height, width = model.hparams.img_size
+    height, width = model.hparams.img_size if training else model.image_size
     generator = torch.Generator().manual_seed(args.seed + batch)
     images = torch.randn(batch, 3, height, width, generator=generator).clamp(-1, 1).to(device)
     result: Dict[str, Any] = {"task": task, "batch": batch}
     if task == "inference":
-        clock = model.model.encode = EncoderClock(model.model.encode, device)
+        clock = model.encode = EncoderClock(model.encode, device)
         with torch.inference_mode(), autocast_context(device, args.precision):
             totals = timed(lambda: model(images), device, args.warmup, args.repeats)
         encoder = clock.seconds[-args.repeats:]

@@ -21,10 +21,9 @@ import torch
 from PIL import Image
 from tqdm import tqdm
 
-from strhub.cli import default_device, reuse_freed_memory
-from strhub.data.module import SceneTextDataModule
-from strhub.evaluate import best_checkpoint
-from strhub.models.utils import InvalidCheckpointError, autocast_context, load_from_checkpoint, parse_model_args
+from strhub.cli import autocast_context, default_device, parse_model_args, reuse_freed_memory
+from strhub.data.transforms import get_transform
+from strhub.models.checkpoint import InvalidCheckpointError, best_checkpoint, load_model
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 MODEL_ARG = re.compile(r"^\w+:\w+=")
@@ -89,10 +88,10 @@ def main() -> None:
         parser.error(str(err))
     try:
         checkpoint = best_checkpoint(args.checkpoint) if args.checkpoint.is_dir() else args.checkpoint
-        model = load_from_checkpoint(checkpoint, **kwargs).eval().to(device)
+        model = load_model(checkpoint, **kwargs).eval().to(device)
     except (FileNotFoundError, InvalidCheckpointError) as err:
         parser.error(str(err))
-    transform = SceneTextDataModule.get_transform(model.hparams.img_size)
+    transform = get_transform(model.image_size)
     items = list(list_images(inputs))
     if not items:
         parser.error(f"no .png, .jpg or .jpeg image in {', '.join(inputs)}")

@@ -10,9 +10,9 @@ import argparse
 import logging
 from pathlib import Path
 
-from strhub.cli import reuse_freed_memory
+from strhub.cli import parse_model_args, reuse_freed_memory
 from strhub.evaluate import evaluate_checkpoint
-from strhub.models.utils import InvalidCheckpointError, parse_model_args
+from strhub.models.checkpoint import InvalidCheckpointError
 
 
 def main() -> None:

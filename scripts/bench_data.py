@@ -15,7 +15,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from strhub.data.dataset import build_tree_dataset, skip_corrupt_collate
-from strhub.data.module import OPENAI_MEAN, OPENAI_STD, SceneTextDataModule
+from strhub.data.transforms import OPENAI_MEAN, OPENAI_STD, get_transform
 from strhub.data.utils import CHARSET_94
 from strhub.tools.render_words import WordRenderer, find_fonts, generate
 
@@ -59,8 +59,7 @@ def main() -> None:
         if data is None:
             renderer = WordRenderer(CHARSET_94, find_fonts(), [], 32, 0, 1, 12, (20, 44), "jpeg", seed=0)
             data = generate(Path(tmp), {"train": args.images}, renderer)["train"]
-        transform = SceneTextDataModule.get_transform(args.img_size, not args.no_augment, mean=OPENAI_MEAN,
-                                                      std=OPENAI_STD)
+        transform = get_transform(args.img_size, not args.no_augment, mean=OPENAI_MEAN, std=OPENAI_STD)
         dataset = build_tree_dataset(data, CHARSET_94, 25, transform=transform)
         print(f"{len(dataset)} images from {data}, {args.img_size[0]}x{args.img_size[1]}, "
               f"augment={not args.no_augment}, batch {args.batch_size}")

@@ -1,7 +1,7 @@
-"""Helpers shared by the entry points: train.py, test.py, read.py and bench.py."""
+"""Helpers shared by the entry points: train.py, test.py, read.py and the benchmarks."""
 import contextlib
 import ctypes
-from typing import Optional
+from typing import Any, Dict, Iterable, Optional, Union
 
 import torch
 from hydra.utils import to_absolute_path
@@ -33,3 +33,28 @@ def reuse_freed_memory() -> None:
         libc = ctypes.CDLL("libc.so.6")
         libc.mallopt(M_MMAP_THRESHOLD, 32 * 2**20)
         libc.mallopt(M_TRIM_THRESHOLD, 2**30)
+
+
+def autocast_context(device: Union[str, torch.device], precision: str = "32") -> contextlib.AbstractContextManager:
+    """Autocast for inference at `precision` ('32', 'bf16' or '16') on `device`."""
+    dtypes = {"bf16": torch.bfloat16, "16": torch.float16}
+    if precision == "32":
+        return contextlib.nullcontext()
+    if precision not in dtypes:
+        raise ValueError(f"precision must be one of 32, bf16, 16; got {precision!r}")
+    return torch.autocast(torch.device(device).type, dtype=dtypes[precision])
+
+
+def parse_model_args(args: Iterable[str]) -> Dict[str, Any]:
+    """Model overrides written as `name:type=value` (type: int, float, str or bool)."""
+    casts = {"int": int, "float": float, "str": str, "bool": lambda v: v.lower() == "true"}
+    kwargs = {}
+    for arg in args:
+        try:
+            name, value = arg.split("=", 1)
+            name, type_name = name.split(":")
+            kwargs[name] = casts[type_name](value)
+        except (ValueError, KeyError):
+            raise ValueError(f"model override {arg!r} is not of the form name:type=value "
+                             f"with type in {sorted(casts)}") from None
+    return kwargs

@@ -2,7 +2,6 @@
 Markdown tables, and the Markdown and JSON files written beside the checkpoint."""
 import json
 import logging
-import re
 import string
 import time
 from dataclasses import asdict, dataclass
@@ -12,13 +11,13 @@ from typing import Dict, Optional, Sequence
 import torch
 from tqdm import tqdm
 
-from strhub.cli import default_device
+from strhub.cli import autocast_context, default_device
 from strhub.data.module import SceneTextDataModule
-from strhub.models.utils import autocast_context, load_from_checkpoint
+from strhub.models.checkpoint import best_checkpoint
+from strhub.models.utils import load_from_checkpoint
 
 log = logging.getLogger(__name__)
 
-_VAL_ACCURACY = re.compile(r"val_accuracy=(\d+(?:\.\d+)?)")
 
 
 @dataclass
@@ -31,16 +30,6 @@ class Result:
     ned: float  # 1 - NED
     confidence: float
     label_length: float
-
-
-def best_checkpoint(folder: Path) -> Path:
-    """The checkpoint with the highest `val_accuracy=` in its name, in `folder` or `folder/checkpoints`
-    (the first in name order on ties)."""
-    candidates = sorted(folder.glob("*.ckpt")) + sorted(folder.glob("checkpoints/*.ckpt"))
-    scored = [(float(m.group(1)), path) for path in candidates if (m := _VAL_ACCURACY.search(path.name))]
-    if not scored:
-        raise FileNotFoundError(f"no checkpoint named with val_accuracy=... in {folder} or {folder / 'checkpoints'}")
-    return max(scored, key=lambda item: item[0])[1]
 
 
 def evaluation_charset(cased: bool = False, punctuation: bool = False) -> str:

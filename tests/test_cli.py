@@ -12,7 +12,8 @@ from typing import Dict, List
 import pytest
 import torch
 
-from strhub.evaluate import Result, best_checkpoint, evaluate_checkpoint, format_report, format_table
+from strhub.evaluate import Result, evaluate_checkpoint, format_report, format_table
+from strhub.models.checkpoint import best_checkpoint
 from strhub.models.utils import create_model
 from strhub.tools.create_lmdb import write_lmdb
 

@@ -9,9 +9,8 @@ from PIL import Image, ImageFilter
 from torchvision import transforms as T
 
 from strhub.data import augment
-from strhub.data.module import OPENAI_MEAN, OPENAI_STD, SceneTextDataModule, ToNormalizedTensor
+from strhub.data.transforms import OPENAI_MEAN, OPENAI_STD, ToNormalizedTensor, get_transform
 
-get_transform = SceneTextDataModule.get_transform
 
 
 def noise_image(width: int = 60, height: int = 20, seed: int = 0) -> Image.Image:

@@ -49,8 +49,8 @@ def checkpoint_files(tmp_path_factory):
 
 
 def _transform():
-    from strhub.data.module import SceneTextDataModule
-    return SceneTextDataModule.get_transform((weights.IMAGE_SIZE, weights.IMAGE_SIZE))
+    from strhub.data.transforms import get_transform
+    return get_transform((weights.IMAGE_SIZE, weights.IMAGE_SIZE))
 
 
 @pytest.fixture(scope="module")

@@ -1,15 +1,19 @@
 """The CLIP4STR model: architecture, checkpoints, decoding, training step and errors."""
 import itertools
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
 
 from conftest import TINY_ARCH, make_tiny_model
-from strhub.models.clip4str.clip import (arch_from_state_dict, build_clip, encode_text_tokens, load_pretrained_clip,
-                                         read_clip_state_dict, shared_prefixes)
+from strhub.cli import parse_model_args
+from strhub.models.checkpoint import InvalidCheckpointError, load_model
+from strhub.models.clip4str.clip import (QUICK_GELU_BAND_ROWS, arch_from_state_dict, build_clip, encode_text_tokens,
+                                         load_pretrained_clip, mlp, read_clip_state_dict, shared_prefixes)
 from strhub.models.clip4str.system import permutation_masks
-from strhub.models.utils import (InvalidCheckpointError, create_model, load_from_checkpoint, load_weights,
-                                 parse_model_args)
+from strhub.models.utils import create_model, load_from_checkpoint, load_weights
 
 
 @pytest.mark.parametrize("experiment, total, trainable, tensors", [
@@ -85,6 +89,20 @@ def test_original_layout_state_dict_loads(tiny_model, tmp_path):
     loaded = load_from_checkpoint(path, img_size=[32, 64], dec_num_heads=4).eval()
     with torch.inference_mode():
         assert torch.allclose(tiny_model(_images()), loaded(_images()), atol=1e-6)
+
+
+def test_plain_model_loads_without_lightning(tiny_model, tmp_path):
+    tiny_model.eval()
+    path = tmp_path / "model.ckpt"
+    torch.save({"state_dict": tiny_model.state_dict(), "hyper_parameters": dict(tiny_model.hparams)}, path)
+    loaded = load_model(path).eval()
+    assert loaded.image_size == (32, 64)
+    with torch.inference_mode():
+        assert torch.allclose(tiny_model(_images()), loaded(_images()), atol=1e-6)
+    script = (f"import sys, read, bench_speed; from strhub.models.checkpoint import load_model; "
+              f"load_model({str(path)!r}); sys.exit('pytorch_lightning' in sys.modules)")
+    root = Path(__file__).resolve().parents[1]
+    assert subprocess.run([sys.executable, "-c", script], cwd=root).returncode == 0
 
 
 def test_overrides_change_settings(tiny_model, tmp_path):
@@ -167,6 +185,18 @@ def test_text_encoder_computes_shared_prefixes_once_with_the_same_features(tiny_
         features = encode_text_tokens(clip, token_ids)
     assert torch.allclose(features, expected, atol=1e-5)
     assert torch.equal(features[0], features[2])
+
+
+def test_mlp_in_bands_equals_open_clip_mlp(tiny_model):
+    block = tiny_model.model.clip_model.visual.transformer.resblocks[0]
+    x = torch.randn(2, QUICK_GELU_BAND_ROWS + 21, block.mlp.c_fc.in_features, requires_grad=True)
+    with torch.no_grad():
+        expected = block.mlp(x)
+        assert torch.equal(mlp(block, x), expected)
+    out = mlp(block, x)
+    assert torch.equal(out, expected)
+    out.sum().backward()
+    assert x.grad is not None and x.grad.abs().sum() > 0
 
 
 def test_greedy_cache_equals_full_causal_recompute(tiny_model):

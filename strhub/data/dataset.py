@@ -8,12 +8,12 @@ from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 import lmdb
-import numpy as np
 import torch
 from PIL import Image
 from pytorch_lightning.utilities import rank_zero_info
 from torch.utils.data import ConcatDataset, Dataset, default_collate
 
+from strhub.data.transforms import to_rgb
 from strhub.data.utils import CharsetAdapter
 
 FILTER_REASONS = ("too_long", "empty", "too_small", "unreadable")
@@ -50,22 +50,6 @@ def read_num_samples(txn: lmdb.Transaction, root: Union[str, Path]) -> int:
         raise KeyError(f"{root}: key 'num-samples' is missing; not an STR LMDB "
                        "(expected num-samples, image-%09d, label-%09d)")
     return int(value)
-
-
-def to_rgb(img: Image.Image) -> Image.Image:
-    """Convert any PIL image to 8-bit RGB as the original does (`convert('RGB')`: an alpha channel is
-    dropped, not composited), except that 16-bit images are scaled down (PIL's conversion clips them at
-    255) and 32-bit integer and float images are stretched over their value range."""
-    if img.mode == "RGB":
-        return img
-    if img.mode in ("I", "F") or img.mode.startswith("I;16"):
-        pixels = np.asarray(img, dtype=np.float64)
-        if img.mode.startswith("I;16"):
-            low, high = 0.0, 65535.0
-        else:
-            low, high = float(pixels.min()), max(float(pixels.max()), float(pixels.min()) + 1.0)
-        return Image.fromarray(((pixels - low) * (255.0 / (high - low))).round().astype(np.uint8)).convert("RGB")
-    return img.convert("RGB")
 
 
 def normalize_label(label: str, remove_whitespace: bool, normalize_unicode: bool) -> str:

@@ -1,38 +1,15 @@
 """Lightning data module over the STR directory layout: `root/train/<train_dir>`, `root/val`, `root/test/<name>`."""
 from functools import partial
 from pathlib import Path
-from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import pytorch_lightning as pl
 import torch
-from PIL import Image
 from pytorch_lightning.utilities import rank_zero_info, rank_zero_warn
 from torch.utils.data import DataLoader, Dataset, default_collate
-from torchvision import transforms as T
-from torchvision.transforms import functional as F
 
-from strhub.data.augment import rand_augment_transform
-from strhub.data.dataset import LmdbDataset, build_tree_dataset, lmdb_datasets, skip_corrupt_collate, to_rgb
-
-OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)
-OPENAI_STD = (0.26862954, 0.26130258, 0.27577711)
-Stat = Union[float, Sequence[float]]
-
-
-class ToNormalizedTensor:
-    """PIL RGB image → float tensor (3, H, W) holding (pixel / 255 - mean) / std: bitwise what
-    torchvision's ToTensor then Normalize give, with fewer copies."""
-
-    def __init__(self, mean: Stat, std: Stat) -> None:
-        self.mean = torch.as_tensor(mean, dtype=torch.float32).reshape(-1, 1, 1)
-        self.std = torch.as_tensor(std, dtype=torch.float32).reshape(-1, 1, 1)
-
-    def __call__(self, img: Image.Image) -> torch.Tensor:
-        return F.pil_to_tensor(img).float().div_(255).sub_(self.mean).div_(self.std)
-
-    def __repr__(self) -> str:
-        return f"{type(self).__name__}(mean={self.mean.flatten().tolist()}, std={self.std.flatten().tolist()})"
-
+from strhub.data.dataset import LmdbDataset, build_tree_dataset, lmdb_datasets, skip_corrupt_collate
+from strhub.data.transforms import OPENAI_MEAN, OPENAI_STD, get_transform
 
 class SceneTextDataModule(pl.LightningDataModule):
     """Datasets and loaders for training, validation and the test benchmarks.
@@ -76,19 +53,6 @@ class SceneTextDataModule(pl.LightningDataModule):
         rank_zero_info(f"[dataset] train/val mean {self.mean}, std {self.std}; "
                        f"test mean {self.test_mean}, std {self.test_std}")
 
-    @staticmethod
-    def get_transform(img_size: Sequence[int], augment: bool = False, rotation: int = 0, mean: Stat = 0.5,
-                      std: Stat = 0.5) -> T.Compose:
-        """RGB → [RandAugment] → [rotation, counter-clockwise with expand] → bicubic resize straight to
-        `img_size` (h, w) → tensor in [0, 1] → normalisation."""
-        transforms: List[Callable] = [to_rgb]
-        if augment:
-            transforms.append(rand_augment_transform())
-        if rotation:
-            transforms.append(partial(Image.Image.rotate, angle=rotation, expand=True))
-        transforms += [T.Resize(tuple(img_size), T.InterpolationMode.BICUBIC), ToNormalizedTensor(mean, std)]
-        return T.Compose(transforms)
-
     def _tree(self, split: str, root: Path, charset: str, transform: Callable) -> Dataset:
         try:
             dataset = build_tree_dataset(root, charset, self.max_label_length, self.min_image_dim,
@@ -106,7 +70,7 @@ class SceneTextDataModule(pl.LightningDataModule):
     @property
     def train_dataset(self) -> Dataset:
         if self._train_dataset is None:
-            transform = self.get_transform(self.img_size, self.augment, mean=self.mean, std=self.std)
+            transform = get_transform(self.img_size, self.augment, mean=self.mean, std=self.std)
             self._train_dataset = self._tree("training", self.root_dir / "train" / self.train_dir, self.charset_train,
                                              transform)
         return self._train_dataset
@@ -114,7 +78,7 @@ class SceneTextDataModule(pl.LightningDataModule):
     @property
     def val_dataset(self) -> Dataset:
         if self._val_dataset is None:
-            transform = self.get_transform(self.img_size, mean=self.mean, std=self.std)
+            transform = get_transform(self.img_size, mean=self.mean, std=self.std)
             self._val_dataset = self._tree("validation", self.root_dir / "val", self.charset_test, transform)
         return self._val_dataset
 
@@ -142,7 +106,7 @@ class SceneTextDataModule(pl.LightningDataModule):
             found = sorted(p.name for p in test_root.iterdir() if p.is_dir()) if test_root.is_dir() else []
             raise FileNotFoundError(f"test sets {missing} not found: expected {test_root}/<name>/data.mdb "
                                     f"(sets there: {found or 'none'})")
-        transform = self.get_transform(self.img_size, rotation=self.rotation, mean=self.test_mean, std=self.test_std)
+        transform = get_transform(self.img_size, rotation=self.rotation, mean=self.test_mean, std=self.test_std)
         loaders = {}
         for name in names:
             dataset = LmdbDataset(self.root_dir / "test" / name, self.charset_test, self.max_label_length,

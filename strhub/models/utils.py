@@ -1,55 +1,14 @@
-"""Building CLIP4STR from configs and loading checkpoints, including the original's released files."""
-import collections
-import contextlib
-import functools
-import pathlib
-import pickle
+"""Building the Lightning system from configs and checkpoints (inference alone needs only
+`strhub.models.checkpoint`)."""
 from pathlib import Path
-from types import ModuleType
-from typing import Any, Dict, Iterable, Mapping, Optional, Tuple, Union
+from typing import Any, Optional, Union
 
 import torch
-from omegaconf import OmegaConf
-from torch import Tensor
 
-from strhub.models.clip4str.clip import arch_from_state_dict
+from strhub.models.checkpoint import (InvalidCheckpointError, assign_weights, model_config, read_checkpoint,
+                                      read_model_checkpoint, strip_prefix)
 from strhub.models.clip4str.system import CLIP4STRSystem
 from strhub.models.layout import return_freed_memory
-
-CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs"
-
-# Values the original's model class falls back on for keys that a Lightning checkpoint's
-# hyper-parameters lack (older checkpoints predate some keys); they differ from the YAML defaults.
-LEGACY_FALLBACKS = {"use_language_model": False, "context_length": 20, "text_freeze_nlayer": -1, "coef_lr": 1.0}
-
-PREFIXES = ("model.", "")
-
-
-class InvalidCheckpointError(ValueError):
-    """The file is not a CLIP4STR checkpoint."""
-
-
-def model_config(experiment: Optional[str] = None, config_dir: Path = CONFIG_DIR) -> Dict[str, Any]:
-    """The `model` section of `main.yaml` with the default charset and model configs and, optionally,
-    an experiment's overrides, resolved to plain data (no Hydra run needed)."""
-    if not (config_dir / "main.yaml").is_file():
-        raise FileNotFoundError(f"config directory {config_dir} has no main.yaml; install strhub from its "
-                                f"source tree (pip install -e .) so that configs/ sits beside the package")
-    main = OmegaConf.load(config_dir / "main.yaml")
-    defaults = {key: value for entry in main.get("defaults", []) if not isinstance(entry, str)
-                for key, value in entry.items()}
-    parts = [OmegaConf.create({"model": main.model}),
-             OmegaConf.load(config_dir / "charset" / f"{defaults['charset']}.yaml"),
-             OmegaConf.create({"model": OmegaConf.load(config_dir / "model" / f"{defaults['model']}.yaml")})]
-    if experiment:
-        path = config_dir / "experiment" / f"{experiment}.yaml"
-        if not path.is_file():
-            names = sorted(p.stem for p in (config_dir / "experiment").glob("*.yaml"))
-            raise ValueError(f"unknown experiment {experiment!r}; known: {', '.join(names)}")
-        parts.append(OmegaConf.load(path))
-    merged = OmegaConf.merge(*parts)
-    config = OmegaConf.to_container(merged.model, resolve=True)
-    return {k: v for k, v in config.items() if not k.startswith("_")}
 
 
 def create_model(experiment: Optional[str] = None, **overrides: Any) -> CLIP4STRSystem:
@@ -59,157 +18,24 @@ def create_model(experiment: Optional[str] = None, **overrides: Any) -> CLIP4STR
     return CLIP4STRSystem(**config)
 
 
-class _CheckpointUnpickler(pickle.Unpickler):
-    """Unpickles only what PyTorch's weights-only loader allows, plus Lightning's `AttributeDict`
-    (read as a dict), which the weights-only loader cannot rebuild."""
-
-    def find_class(self, module: str, name: str) -> Any:
-        if name == "AttributeDict" and "lightning" in module:
-            return dict
-        allowed = _allowed_globals()
-        if f"{module}.{name}" in allowed:
-            return allowed[f"{module}.{name}"]
-        raise pickle.UnpicklingError(f"refusing to load '{module}.{name}' from a checkpoint")
-
-
-_restricted_pickle = ModuleType("strhub_restricted_pickle")
-_restricted_pickle.Unpickler = _CheckpointUnpickler
-_restricted_pickle.load = pickle.load
-
-
-@functools.lru_cache(maxsize=None)
-def _allowed_globals() -> Dict[str, Any]:
-    from torch._weights_only_unpickler import _get_allowed_globals
-
-    allowed = dict(_get_allowed_globals())
-    allowed.update({f"{cls.__module__}.{cls.__qualname__}": cls
-                    for cls in (collections.defaultdict, pathlib.PosixPath, pathlib.WindowsPath)})
-    return allowed
-
-
-def read_checkpoint(path: Union[str, Path]) -> Tuple[Dict[str, Tensor], Dict[str, Any]]:
-    """The state dict and hyper-parameters (empty for a plain state dict) of a checkpoint file, read
-    with `weights_only=True`, or, for Lightning files whose hyper-parameters are an `AttributeDict`,
-    with an unpickler restricted to the same classes."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"checkpoint not found: {path}")
-    try:
-        try:
-            checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-        except pickle.UnpicklingError:
-            checkpoint = torch.load(path, map_location="cpu", weights_only=False, pickle_module=_restricted_pickle)
-    except pickle.UnpicklingError as err:
-        raise InvalidCheckpointError(f"{path} could not be read as a safe PyTorch checkpoint: {err}") from err
-    except (RuntimeError, EOFError, OSError) as err:
-        raise InvalidCheckpointError(f"{path} is not a readable PyTorch checkpoint: {err}") from err
-    if not isinstance(checkpoint, Mapping):
-        raise InvalidCheckpointError(f"{path} holds a {type(checkpoint).__name__}, not a checkpoint dict")
-    state_dict = checkpoint.get("state_dict", checkpoint)
-    hparams = dict(checkpoint.get("hyper_parameters") or {})
-    if not isinstance(state_dict, Mapping) or not all(isinstance(v, Tensor) for v in state_dict.values()):
-        raise InvalidCheckpointError(f"{path} has no state dict of tensors")
-    return dict(state_dict), hparams
-
-
-def _strip_prefix(state_dict: Mapping[str, Tensor], path: Path) -> Dict[str, Tensor]:
-    """The state dict in the model's own layout: ours under `model.`, the original's at the top."""
-    for prefix in PREFIXES:
-        if f"{prefix}clip_model.visual.proj" in state_dict and f"{prefix}visual_decoder.head.weight" in state_dict:
-            return {k[len(prefix):]: v for k, v in state_dict.items() if k.startswith(prefix)}
-    sample = ", ".join(list(state_dict)[:5])
-    raise InvalidCheckpointError(f"{path} is not a CLIP4STR checkpoint: no 'clip_model.visual.proj' and "
-                                 f"'visual_decoder.head.weight' tensors (its keys start with: {sample})")
-
-
-def _count_layers(state_dict: Mapping[str, Tensor], prefix: str) -> int:
-    return len({key[len(prefix):].split(".")[0] for key in state_dict if key.startswith(prefix)})
-
-
-def config_from_state_dict(state_dict: Mapping[str, Tensor], hparams: Mapping[str, Any],
-                           overrides: Mapping[str, Any]) -> Dict[str, Any]:
-    """Architecture settings read off the tensors of a CLIP4STR state dict."""
-    clip_sd = {k[len("clip_model."):]: v for k, v in state_dict.items() if k.startswith("clip_model.")}
-    img_size = overrides.get("img_size", hparams.get("img_size"))
-    decoder = {k[len("visual_decoder."):]: v for k, v in state_dict.items() if k.startswith("visual_decoder.")}
-    width = decoder["pos_queries"].shape[-1]
-    return {
-        "clip_pretrained": None,
-        "clip_arch": arch_from_state_dict(clip_sd, img_size),
-        "max_label_length": decoder["pos_queries"].shape[1] - 1,
-        "dec_depth": _count_layers(decoder, "layers."),
-        "dec_mlp_ratio": decoder["layers.0.linear1.weight"].shape[0] // width,
-        "use_language_model": "cross_decoder.head.weight" in state_dict,
-        "use_share_dim": width == clip_sd["text_projection"].shape[1],
-    }
-
-
 def load_from_checkpoint(checkpoint_path: Union[str, Path], **overrides: Any) -> CLIP4STRSystem:
-    """A CLIP4STR model from a checkpoint: a Lightning `.ckpt` (ours or the original's) or a plain
-    state dict in the original's key layout. No CLIP weight file is needed: the backbone's shape is
-    read off the checkpoint's tensors; settings come from its hyper-parameters where it has them,
-    else from the configs, and `overrides` win over both."""
-    model = _model_from_checkpoint(Path(checkpoint_path), overrides)
+    """The Lightning system of a checkpoint (see `strhub.models.checkpoint.load_model`), with its
+    hyper-parameters: for testing, or to go on training."""
+    path = Path(checkpoint_path)
+    state_dict, config = read_model_checkpoint(path, overrides)
+    with torch.device("meta"):
+        system = CLIP4STRSystem(**config)
+    assign_weights(system.model, state_dict, path)
+    system.to("cpu")
     return_freed_memory()
-    return model
-
-
-def _model_from_checkpoint(path: Path, overrides: Mapping[str, Any]) -> CLIP4STRSystem:
-    state_dict, hparams = read_checkpoint(path)
-    state_dict = _strip_prefix(state_dict, path)
-    config = model_config()
-    if hparams:
-        config.update({k: v for k, v in LEGACY_FALLBACKS.items() if k not in hparams})
-        config.update(hparams)
-    config.update(config_from_state_dict(state_dict, hparams, overrides))
-    config.update(overrides)
-    num_classes = state_dict["visual_decoder.head.weight"].shape[0]
-    if len(config["charset_train"]) != num_classes - 1:
-        raise InvalidCheckpointError(
-            f"{path} predicts {num_classes - 1} characters but charset_train has {len(config['charset_train'])}; "
-            f"pass charset_train=<the training charset> to load it")
-    with torch.device("meta"):  # the checkpoint's tensors become the parameters: no second copy
-        model = CLIP4STRSystem(**config)
-    state_dict = {k: v.float() if v.is_floating_point() else v for k, v in state_dict.items()}
-    try:
-        model.model.load_state_dict(state_dict, strict=True, assign=True)
-    except RuntimeError as err:
-        raise InvalidCheckpointError(f"{path} does not fit the model it describes: {err}") from err
-    clip = model.model.clip_model
-    clip.attn_mask = torch.full(clip.attn_mask.shape, float("-inf")).triu(1)  # open_clip's unsaved buffer
-    return model.to("cpu")
+    return system
 
 
 def load_weights(model: CLIP4STRSystem, checkpoint_path: Union[str, Path]) -> None:
     """Initialises every weight of `model` from a checkpoint (fine-tuning from a released file)."""
     path = Path(checkpoint_path)
-    state_dict = _strip_prefix(read_checkpoint(path)[0], path)
+    state_dict = strip_prefix(read_checkpoint(path)[0], path)
     try:
         model.model.load_state_dict(state_dict, strict=True)
     except RuntimeError as err:
         raise InvalidCheckpointError(f"{path} does not fit this model: {err}") from err
-
-
-def parse_model_args(args: Iterable[str]) -> Dict[str, Any]:
-    """Model overrides written as `name:type=value` (type: int, float, str or bool)."""
-    casts = {"int": int, "float": float, "str": str, "bool": lambda v: v.lower() == "true"}
-    kwargs = {}
-    for arg in args:
-        try:
-            name, value = arg.split("=", 1)
-            name, type_name = name.split(":")
-            kwargs[name] = casts[type_name](value)
-        except (ValueError, KeyError):
-            raise ValueError(f"model override {arg!r} is not of the form name:type=value "
-                             f"with type in {sorted(casts)}") from None
-    return kwargs
-
-
-def autocast_context(device: Union[str, torch.device], precision: str = "32") -> contextlib.AbstractContextManager:
-    """Autocast for inference at `precision` ('32', 'bf16' or '16') on `device`."""
-    dtypes = {"bf16": torch.bfloat16, "16": torch.float16}
-    if precision == "32":
-        return contextlib.nullcontext()
-    if precision not in dtypes:
-        raise ValueError(f"precision must be one of 32, bf16, 16; got {precision!r}")
-    return torch.autocast(torch.device(device).type, dtype=dtypes[precision])

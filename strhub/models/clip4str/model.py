@@ -1,13 +1,14 @@
 """CLIP4STR as a plain `nn.Module`: CLIP image encoder, visual decoder, and the cross-modal decoder
 that reads the image together with the CLIP text encoding of the visual branch's prediction."""
-from typing import Any, List, Optional, Tuple
+import inspect
+from typing import Any, List, Mapping, Optional, Tuple
 
 import torch
 from open_clip.model import CLIP
 from torch import Tensor, nn
 
 from strhub.data.utils import CharsetAdapter, Tokenizer
-from strhub.models.clip4str.clip import CaptionTokenizer, encode_image_tokens, encode_text_tokens
+from strhub.models.clip4str.clip import CaptionTokenizer, create_clip, encode_image_tokens, encode_text_tokens
 from strhub.models.decoder import Decoder, KeyValue
 from strhub.models.layout import lay_out_weights, return_freed_memory
 
@@ -87,6 +88,11 @@ class CLIP4STR(nn.Module):
             clip.text_projection.requires_grad_(False)
             return depth, True
         return num_blocks, False
+
+    @property
+    def image_size(self) -> Tuple[int, int]:
+        """The input size (height, width)."""
+        return tuple(self.clip_model.visual.image_size)
 
     def compile_image_encoder(self, **options: Any) -> None:
         """Runs the image encoder through `torch.compile` (same numbers, fused kernels)."""
@@ -218,3 +224,11 @@ class CLIP4STR(nn.Module):
         length = context.shape[1]
         queries = self._queries(decoder, len(context), mask.shape[0])
         return decoder(context, memory_kv, queries, mask[:, :length], mask[:length, :length], padding)
+
+
+def build_model(config: Mapping[str, Any]) -> CLIP4STR:
+    """CLIP4STR from a model config (`configs/model/*.yaml` or a checkpoint's hyper-parameters), with
+    the CLIP weights that `clip_pretrained` names, or random ones built from `clip_arch`."""
+    clip_model, _ = create_clip(config.get("clip_pretrained"), config.get("clip_arch"), config.get("img_size"))
+    names = list(inspect.signature(CLIP4STR).parameters)[1:]
+    return CLIP4STR(clip_model, **{name: config[name] for name in names})

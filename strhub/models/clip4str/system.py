@@ -9,7 +9,7 @@ from torch import Tensor
 from torch.optim.lr_scheduler import OneCycleLR
 
 from strhub.models.base import CrossEntropySystem
-from strhub.models.clip4str.clip import arch_from_name, arch_to_config, build_clip, load_pretrained_clip
+from strhub.models.clip4str.clip import arch_to_config, create_clip
 from strhub.models.clip4str.model import CLIP4STR, cloze_mask
 
 NO_DECAY_MARKERS = ("bn", "ln", "bias", "logit_scale", "pos_queries", "text_embed")
@@ -47,14 +47,7 @@ class CLIP4STRSystem(CrossEntropySystem):
         super().__init__(charset_train, charset_test, batch_size, lr, warmup_pct, weight_decay)
         if perm_mirrored and perm_num % 2:
             raise ValueError(f"perm_num must be even when perm_mirrored is set, got {perm_num}")
-        if clip_pretrained:
-            clip_model, arch = load_pretrained_clip(clip_pretrained, img_size)
-        elif clip_arch:
-            arch = arch_from_name(clip_arch, img_size) if isinstance(clip_arch, str) else clip_arch
-            clip_model = build_clip(arch)
-        else:
-            raise ValueError("set model.clip_pretrained to a CLIP weight file, or model.clip_arch to an "
-                             "architecture for a randomly initialised CLIP")
+        clip_model, arch = create_clip(clip_pretrained, clip_arch, img_size)
         self.save_hyperparameters()
         self.hparams["clip_arch"] = arch_to_config(arch)
         self.model = CLIP4STR(clip_model, charset_train, charset_test, max_label_length, context_length,
