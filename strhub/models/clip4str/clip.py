@@ -157,17 +157,17 @@ def create_clip(clip_pretrained: Optional[str], clip_arch: Union[str, ClipArch, 
 def residual_block(block: nn.Module, x: Tensor, attn_mask: Optional[Tensor] = None) -> Tensor:
     """An open_clip residual attention block on batch-first tokens (N, L, D): the same computation as
     its own forward, written out on contiguous tensors (faster than `nn.MultiheadAttention` on a CPU)."""
-    x = x + block.ls_1(attention(block, block.ln_1(x), attn_mask))
+    attn = block.attn
+    attended = attend(attn, F.linear(block.ln_1(x), attn.in_proj_weight, attn.in_proj_bias), attn_mask)
+    x = x + block.ls_1(attn.out_proj(attended))
     return x + block.ls_2(mlp(block, block.ln_2(x)))
 
 
-def attention(block: nn.Module, x: Tensor, attn_mask: Optional[Tensor] = None) -> Tensor:
-    """The block's self-attention of normalised tokens (N, L, D), projected out."""
-    attn = block.attn
-    q, k, v = F.linear(x, attn.in_proj_weight, attn.in_proj_bias).unflatten(
-        -1, (3, attn.num_heads, -1)).permute(2, 0, 3, 1, 4)
-    out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask).transpose(1, 2).flatten(2)
-    return attn.out_proj(out)
+def attend(attn: nn.MultiheadAttention, qkv: Tensor, attn_mask: Optional[Tensor] = None) -> Tensor:
+    """Multi-head attention of projected queries, keys and values (N, L, 3 * D), before the output
+    projection: (N, L, D)."""
+    q, k, v = qkv.unflatten(-1, (3, attn.num_heads, -1)).permute(2, 0, 3, 1, 4)
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask).transpose(1, 2).flatten(2)
 
 
 def mlp(block: nn.Module, x: Tensor) -> Tensor:
@@ -224,15 +224,17 @@ def encode_text_tokens(clip: CLIP, token_ids: Tensor) -> Tensor:
 
     Under the causal mask a position's features depend only on the tokens up to it, so positions
     that share them (a common start of two captions, or a caption given twice) are computed once:
-    the blocks' projections and MLPs run on the distinct prefixes only."""
+    the blocks' projections and MLPs run on the distinct prefixes only, and only the attention itself on
+    every caption."""
     batch, length = token_ids.shape
     first, groups = (index.to(token_ids.device) for index in shared_prefixes(token_ids.cpu()))
     positions = first % length
     x = clip.token_embedding(token_ids.flatten()[first]) + clip.positional_embedding[positions]
     causal = torch.full((length, length), float("-inf"), dtype=x.dtype, device=x.device).triu(1)
     for block in clip.transformer.resblocks:
-        attended = attention(block, block.ln_1(x)[groups].view(batch, length, -1), causal)
-        x = x + block.ls_1(attended.flatten(0, 1)[first])
+        attn = block.attn
+        qkv = F.linear(block.ln_1(x), attn.in_proj_weight, attn.in_proj_bias)[groups].view(batch, length, -1)
+        x = x + block.ls_1(attn.out_proj(attend(attn, qkv, causal).flatten(0, 1)[first]))
         x = x + block.ls_2(mlp(block, block.ln_2(x)))
     return (clip.ln_final(x) @ clip.text_projection)[groups].view(batch, length, -1)
 
