@@ -1,6 +1,5 @@
-"""Reading CLIP4STR checkpoints, including the original's released files, into the plain model.
-
-Nothing here needs Lightning, so inference (`read.py`, the speed benchmark) runs without importing it.
+"""The model configs, and CLIP4STR checkpoints (including the original's released files) read into the
+plain model. Nothing here needs Lightning, so inference (`read.py`, the speed benchmark) runs without it.
 """
 import collections
 import functools
