@@ -14,7 +14,7 @@ import torch
 from omegaconf import OmegaConf
 from torch import Tensor
 
-from strhub.models.clip4str.clip import arch_from_state_dict
+from strhub.models.clip4str.clip import arch_from_state_dict, count_blocks
 from strhub.models.clip4str.model import CLIP4STR, build_model
 from strhub.models.layout import return_freed_memory
 
@@ -117,10 +117,6 @@ def strip_prefix(state_dict: Mapping[str, Tensor], path: Path) -> Dict[str, Tens
                                  f"'visual_decoder.head.weight' tensors (its keys start with: {sample})")
 
 
-def _count_layers(state_dict: Mapping[str, Tensor], prefix: str) -> int:
-    return len({key[len(prefix):].split(".")[0] for key in state_dict if key.startswith(prefix)})
-
-
 def config_from_state_dict(state_dict: Mapping[str, Tensor], hparams: Mapping[str, Any],
                            overrides: Mapping[str, Any]) -> Dict[str, Any]:
     """Architecture settings read off the tensors of a CLIP4STR state dict."""
@@ -132,7 +128,7 @@ def config_from_state_dict(state_dict: Mapping[str, Tensor], hparams: Mapping[st
         "clip_pretrained": None,
         "clip_arch": arch_from_state_dict(clip_sd, img_size),
         "max_label_length": decoder["pos_queries"].shape[1] - 1,
-        "dec_depth": _count_layers(decoder, "layers."),
+        "dec_depth": count_blocks(decoder, "layers."),
         "dec_mlp_ratio": decoder["layers.0.linear1.weight"].shape[0] // width,
         "use_language_model": "cross_decoder.head.weight" in state_dict,
         "use_share_dim": width == clip_sd["text_projection"].shape[1],

@@ -45,18 +45,19 @@ def arch_from_state_dict(state_dict: Mapping[str, Tensor],
             "image_size": list(image_size),
             "patch_size": patch,
             "width": width,
-            "layers": _count_blocks(state_dict, "visual.transformer.resblocks."),
+            "layers": count_blocks(state_dict, "visual.transformer.resblocks."),
         },
         "text_cfg": {
             "context_length": state_dict["positional_embedding"].shape[0],
             "vocab_size": state_dict["token_embedding.weight"].shape[0],
             "width": text_width,
-            "layers": _count_blocks(state_dict, "transformer.resblocks."),
+            "layers": count_blocks(state_dict, "transformer.resblocks."),
         },
     }
 
 
-def _count_blocks(state_dict: Mapping[str, Tensor], prefix: str) -> int:
+def count_blocks(state_dict: Mapping[str, Tensor], prefix: str) -> int:
+    """How many numbered blocks (`<prefix><i>.`) the state dict holds."""
     return len({key[len(prefix):].split(".")[0] for key in state_dict if key.startswith(prefix)})
 
 
