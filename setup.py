@@ -18,6 +18,7 @@ setup(
     install_requires=requirements,
     extras_require={"test": ["pytest>=7"]},
     entry_points={"console_scripts": [
+        "strhub-build-charset = strhub.tools.build_charset:main",
         "strhub-create-lmdb = strhub.tools.create_lmdb:main",
         "strhub-inspect-lmdb = strhub.tools.inspect_lmdb:main",
         "strhub-render-words = strhub.tools.render_words:main",
