@@ -2,6 +2,7 @@
 """Evaluates a checkpoint on the scene-text benchmarks under DATA_ROOT/test and prints the original's tables.
 
     python test.py outputs/vl4str/<run>/checkpoints/last.ckpt --data_root data [--new] [refine_iters:int=2]
+    python test.py outputs/vl4str-tiny/<run> --data_root data/zh --datasets synth --full_charset
 
 A run folder instead of a file picks its best checkpoint by validation accuracy. Extra arguments of the form
 `name:type=value` (type int, float, str or bool) override the model's hyper-parameters.
@@ -23,6 +24,10 @@ def main() -> None:
     parser.add_argument("--num_workers", type=int, default=4)
     parser.add_argument("--cased", action="store_true", help="compare case (adds upper case to the test charset)")
     parser.add_argument("--punctuation", action="store_true", help="compare punctuation (adds it to the charset)")
+    parser.add_argument("--full_charset", action="store_true",
+                        help="any script: keep labels as written (NFC) and compare every character of the model's "
+                             "charset, case included (instead of lowercase alphanumerics)")
+    parser.add_argument("--ignore_case", action="store_true", help="with --full_charset: compare in lower case")
     parser.add_argument("--new", action="store_true", help="also evaluate the new benchmarks (ArT, COCOv1.4, Uber)")
     parser.add_argument("--datasets", nargs="+", default=(), metavar="NAME",
                         help="evaluate these sets under DATA_ROOT/test instead of the benchmarks (e.g. synth)")
@@ -32,6 +37,10 @@ def main() -> None:
     parser.add_argument("--device", default=None, help="torch device (default: cuda when available, else cpu)")
     parser.add_argument("--precision", choices=("32", "bf16", "16"), default="32", help="inference precision")
     args, unknown = parser.parse_known_args()
+    if args.full_charset and (args.cased or args.punctuation):
+        parser.error("--full_charset compares case and punctuation already; drop --cased and --punctuation")
+    if args.ignore_case and not args.full_charset:
+        parser.error("--ignore_case goes with --full_charset (the default protocol ignores case already)")
     try:
         kwargs = parse_model_args(unknown)
     except ValueError as err:

@@ -1,23 +1,29 @@
 """Benchmark evaluation of a checkpoint, as test.py reports it: per-dataset metrics, the original's
-Markdown tables, and the Markdown and JSON files written beside the checkpoint."""
+Markdown tables, and the Markdown and JSON files written beside the checkpoint.
+
+Two protocols: the original's (labels folded to ASCII, words compared on lowercase alphanumerics,
+optionally with case and punctuation), and the full-charset one for any script (labels as written in
+NFC, compared on every character of the model's charset, optionally ignoring case). Both compute
+1 - NED on code points."""
 import json
 import logging
 import string
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Dict, Optional, Sequence
+from typing import Any, Dict, Optional, Sequence
 
 import torch
+from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from strhub.cli import autocast_context, default_device
+from strhub.data.dataset import LmdbDataset
 from strhub.data.module import SceneTextDataModule
-from strhub.models.checkpoint import best_checkpoint
+from strhub.models.checkpoint import best_checkpoint, read_model_checkpoint
 from strhub.models.utils import load_from_checkpoint
 
 log = logging.getLogger(__name__)
-
 
 
 @dataclass
@@ -40,6 +46,12 @@ def evaluation_charset(cased: bool = False, punctuation: bool = False) -> str:
     if punctuation:
         charset += string.punctuation
     return charset
+
+
+def caseless_charset(charset: str) -> str:
+    """The lower case of every character of `charset`, once each: as a test charset, it folds labels
+    and predictions to lower case (characters without case are unchanged)."""
+    return "".join(dict.fromkeys(charset.lower()))
 
 
 def combine(results: Sequence[Result]) -> Result:
@@ -91,12 +103,12 @@ def format_report(results: Dict[str, Result], groups: Dict[str, Sequence[str]], 
 
 
 @torch.inference_mode()
-def evaluate(model: torch.nn.Module, datamodule: SceneTextDataModule, names: Sequence[str], device: torch.device,
+def evaluate(model: torch.nn.Module, loaders: Dict[str, DataLoader], device: torch.device,
              precision: str = "32") -> Dict[str, Result]:
     """Runs `model.test_step` over each dataset's loader (with a progress bar) and aggregates the metrics."""
     results = {}
-    width = max(map(len, names))
-    for name, loader in datamodule.test_dataloaders(names).items():
+    width = max(map(len, loaders))
+    for name, loader in loaders.items():
         total = correct = ned = confidence = label_length = 0.0
         for batch_idx, (images, labels) in enumerate(tqdm(loader, desc=f"{name:>{width}}", unit="batch")):
             with autocast_context(device, precision):
@@ -114,26 +126,57 @@ def evaluate(model: torch.nn.Module, datamodule: SceneTextDataModule, names: Seq
     return results
 
 
+def label_filtering(dataset: LmdbDataset) -> Dict[str, Any]:
+    """What the label filter did to a test set: its records, those kept, the dropped ones per reason,
+    the kept labels that lost characters outside the charset, and the images that did not decode."""
+    return {"records": dataset.total, "kept": len(dataset), "filtered": dict(dataset.filtered),
+            "trimmed": dataset.num_trimmed, "undecodable": dataset.num_skipped}
+
+
+def protocol_charset(checkpoint: Path, overrides: Dict[str, Any], cased: bool, punctuation: bool, full_charset: bool,
+                     ignore_case: bool) -> str:
+    """The test charset of a protocol: the original's (see `evaluation_charset`), or the model's
+    training charset (an override, or else the checkpoint's), folded to lower case when `ignore_case`."""
+    if not full_charset:
+        if ignore_case:
+            raise ValueError("ignore_case applies to the full-charset protocol; the default one ignores case already")
+        return evaluation_charset(cased, punctuation)
+    if cased or punctuation:
+        raise ValueError("cased and punctuation extend the 36-character protocol; full_charset compares every "
+                         "character of the model's charset already")
+    charset = overrides.get("charset_train") or read_model_checkpoint(checkpoint, overrides)[1]["charset_train"]
+    return caseless_charset(charset) if ignore_case else charset
+
+
 def evaluate_checkpoint(checkpoint: Path, data_root: Path, batch_size: int = 512, num_workers: int = 4,
-                        cased: bool = False, punctuation: bool = False, new: bool = False, rotation: int = 0,
-                        openai_meanstd: bool = False, device: Optional[str] = None, precision: str = "32",
-                        model_kwargs: Optional[dict] = None, datasets: Sequence[str] = ()) -> str:
+                        cased: bool = False, punctuation: bool = False, full_charset: bool = False,
+                        ignore_case: bool = False, new: bool = False, rotation: int = 0, openai_meanstd: bool = False,
+                        device: Optional[str] = None, precision: str = "32", model_kwargs: Optional[dict] = None,
+                        datasets: Sequence[str] = ()) -> str:
     """Evaluates a checkpoint (a file, or a run folder whose best checkpoint is taken) on the benchmarks found
     under `data_root/test` (or on the named `datasets` there, as one `Test` group), prints the report and writes
     it beside the checkpoint as `<checkpoint>.log_new<new>.md` and `.json`. Images are normalised with
-    mean = std = 0.5 as in the original's test protocol, or with CLIP's mean/std when `openai_meanstd`."""
+    mean = std = 0.5 as in the original's test protocol, or with CLIP's mean/std when `openai_meanstd`.
+
+    With `full_charset`, labels are kept as written (NFC; whitespace too when the model's charset holds
+    it) and compared on the model's whole training charset, which also filters the cross-modal
+    branch's captions; `ignore_case` folds both sides to lower case. Otherwise labels are folded to
+    ASCII and compared on lowercase alphanumerics, plus upper case (`cased`) and punctuation."""
     if checkpoint.is_dir():
         checkpoint = best_checkpoint(checkpoint)
         print(f"Best checkpoint by validation accuracy: {checkpoint}")
     elif not checkpoint.is_file():
         raise FileNotFoundError(f"checkpoint not found: {checkpoint}")
     device = default_device(device)
-    kwargs = dict(model_kwargs or {}, charset_test=evaluation_charset(cased, punctuation))
+    kwargs = dict(model_kwargs or {})
+    kwargs["charset_test"] = protocol_charset(checkpoint, kwargs, cased, punctuation, full_charset, ignore_case)
     model = load_from_checkpoint(str(checkpoint), **kwargs).eval().to(device)
     hp = model.hparams
+    remove_whitespace = not (full_charset and any(char.isspace() for char in hp.charset_test))
     datamodule = SceneTextDataModule(str(data_root), "_unused_", hp.img_size, hp.max_label_length, hp.charset_train,
-                                     hp.charset_test, batch_size, num_workers, False, rotation=rotation,
-                                     test_openai_meanstd=openai_meanstd)
+                                     hp.charset_test, batch_size, num_workers, False,
+                                     remove_whitespace=remove_whitespace, normalize_unicode=not full_charset,
+                                     rotation=rotation, test_openai_meanstd=openai_meanstd)
     groups = {"Test": list(datasets)} if datasets else result_groups(new)
     present, missing = datamodule.split_test_names(sorted(set(name for names in groups.values() for name in names)))
     if not present:
@@ -144,7 +187,8 @@ def evaluate_checkpoint(checkpoint: Path, data_root: Path, batch_size: int = 512
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     start = time.perf_counter()
-    results = evaluate(model, datamodule, present, device, precision)
+    loaders = datamodule.test_dataloaders(present)
+    results = evaluate(model, loaders, device, precision)
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     seconds = time.perf_counter() - start
@@ -153,19 +197,21 @@ def evaluate_checkpoint(checkpoint: Path, data_root: Path, batch_size: int = 512
 
     report = format_report(results, groups, seconds)
     stem = f"{checkpoint}.log_new{new}"
-    Path(f"{stem}.md").write_text(report)
+    Path(f"{stem}.md").write_text(report, encoding="utf-8")
     samples = sum(r.num_samples for r in results.values())
     summary = {
         "checkpoint": str(checkpoint), "data_root": str(data_root), "charset_test": hp.charset_test,
+        "normalize_unicode": not full_charset, "remove_whitespace": remove_whitespace,
         "rotation": rotation, "openai_meanstd": openai_meanstd, "batch_size": batch_size, "device": str(device),
         "precision": precision,
         "datasets": {name: asdict(r) for name, r in results.items()},
         "groups": {group: asdict(combine([results[n] for n in names if n in results]))
                    for group, names in groups.items() if any(n in results for n in names)},
+        "label_filtering": {name: label_filtering(loader.dataset) for name, loader in loaders.items()},
         "missing": missing,
         "time": {"total_s": seconds, "average_ms": 1000 * seconds / samples, "samples": samples,
                  "images_per_s": samples / seconds},
     }
-    Path(f"{stem}.json").write_text(json.dumps(summary, indent=2) + "\n")
+    Path(f"{stem}.json").write_text(json.dumps(summary, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
     print(report, end="")
     return report
