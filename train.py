@@ -134,7 +134,7 @@ def main(config: DictConfig) -> None:
         best = checkpoint.best_model_path or checkpoint.last_model_path
         log.info("Run folder: %s; best checkpoint: %s", run_dir, best)
         if config.test_after_train:
-            evaluate_checkpoint(Path(best), Path(config.data.root_dir), new=True,
+            evaluate_checkpoint(Path(best), Path(config.data.root_dir), new=True, full_charset=config.test_full_charset,
                                 device=str(trainer.strategy.root_device))
 
 
