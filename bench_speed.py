@@ -6,10 +6,11 @@ the plain model, as `read.py` does, without importing Lightning. Weights are
 random (or read from `--weights`, a state dict in the original's layout, so that other
 implementations can be measured on the very same weights). Inputs are fixed by `--seed`: images
 `randn(B, 3, H, W)` clamped to [-1, 1] with generator seed + B; labels random over the training
-charset, 1 to 25 characters, the first 25.
+charset, 1 to 25 characters (or to --label-length), the first that long.
 
     python bench_speed.py                      # B/16, 224x224, fp32, batches 1 and 8, training at 8
     python bench_speed.py --device cuda --precision bf16 --batches 1 256 --train-batch 128
+    python bench_speed.py --experiment tiny --charset-file chars.txt --train-batch 64   # a large charset
 """
 import argparse
 import gc
@@ -23,6 +24,7 @@ from typing import Any, Callable, Dict, List, Optional
 import torch
 
 from strhub.cli import autocast_context, reuse_freed_memory
+from strhub.data.utils import load_charset
 from strhub.models.checkpoint import load_model, model_config
 from strhub.models.clip4str.model import CLIP4STR, build_model
 
@@ -87,13 +89,21 @@ def training_labels(charset: str, count: int, max_length: int, seed: int) -> Lis
     return labels
 
 
+def charset_overrides(args: argparse.Namespace) -> Dict[str, str]:
+    """`charset_train` and `charset_test` from `--charset-file`, or nothing (the config's charsets)."""
+    if not args.charset_file:
+        return {}
+    charset = load_charset(args.charset_file)
+    return {"charset_train": charset, "charset_test": charset}
+
+
 def build_plain(args: argparse.Namespace) -> CLIP4STR:
     """The plain model, as inference uses it (Lightning is not imported)."""
     if args.weights:
         model = load_model(args.weights)
     else:
         torch.manual_seed(0)
-        model = build_model({**model_config(args.experiment), "clip_pretrained": None})
+        model = build_model({**model_config(args.experiment), "clip_pretrained": None, **charset_overrides(args)})
     if args.compile:
         model.compile_image_encoder()
     return model
@@ -107,7 +117,7 @@ def build_system(args: argparse.Namespace):
         system = load_from_checkpoint(args.weights)
     else:
         torch.manual_seed(0)
-        system = create_model(args.experiment, clip_pretrained=None)
+        system = create_model(args.experiment, clip_pretrained=None, **charset_overrides(args))
     if args.compile:
         system.model.compile_image_encoder()
     return system
@@ -133,7 +143,8 @@ def measure(args: argparse.Namespace, task: str, batch: int, queue: mp.Queue) ->
         result["encoder_seconds"] = statistics.median(encoder)
         result["after_encoder_seconds"] = statistics.median(t - e for t, e in zip(totals, encoder))
     else:
-        labels = training_labels(model.hparams.charset_train, batch, model.hparams.max_label_length, args.seed)
+        max_length = min(args.label_length or model.hparams.max_label_length, model.hparams.max_label_length)
+        labels = training_labels(model.hparams.charset_train, batch, max_length, args.seed)
         params = [p for p in model.parameters() if p.requires_grad]
         optimizer = torch.optim.AdamW(params, lr=1e-5, fused=device.type in ("cuda", "cpu"))
 
@@ -181,10 +192,13 @@ def main(argv: Optional[List[str]] = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--experiment", default="vl4str", help="experiment config (random CLIP weights)")
     parser.add_argument("--weights", help="checkpoint to load instead of random weights")
+    parser.add_argument("--charset-file", help="train and test charset, one character per line (random weights only)")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--precision", default="32", choices=["32", "bf16", "16"])
     parser.add_argument("--batches", type=int, nargs="+", default=[1, 8], help="inference batch sizes")
     parser.add_argument("--train-batch", type=int, default=8, help="training batch size (0: skip)")
+    parser.add_argument("--label-length", type=int, default=0,
+                        help="longest training label (0: the model's max_label_length, 25)")
     parser.add_argument("--compile", action="store_true", help="compile the image encoder (torch.compile)")
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=5)
@@ -192,6 +206,8 @@ def main(argv: Optional[List[str]] = None) -> None:
     parser.add_argument("--threads", type=int, default=0, help="CPU threads (0: PyTorch's default)")
     parser.add_argument("--json", help="also write the results to this file")
     args = parser.parse_args(argv)
+    if args.weights and args.charset_file:
+        parser.error("--charset-file sets the charset of random weights; a checkpoint keeps its own")
     results = [run(args, "inference", batch) for batch in args.batches]
     if args.train_batch:
         results.append(run(args, "training", args.train_batch))

@@ -172,6 +172,13 @@ class Decoder(nn.Module):
                 padding_mask: Optional[Tensor] = None) -> Tensor:
         """Logits (N, Q, C) for the queries (default: the first L position queries) given the context
         `tokens` (N, L), BOS first. Masks are additive (Q, L) / (L, L); `padding_mask` is (N, L)."""
+        return self.head(self.features(tokens, memory_kv, queries, query_mask, content_mask, padding_mask))
+
+    def features(self, tokens: Tensor, memory_kv: List[KeyValue], queries: Optional[Tensor] = None,
+                 query_mask: Optional[Tensor] = None, content_mask: Optional[Tensor] = None,
+                 padding_mask: Optional[Tensor] = None) -> Tensor:
+        """What `forward` gives the head (N, Q, D): training applies the head to the rows it needs, which
+        saves most of its cost with large charsets."""
         content = self.dropout(self.embed_content(tokens))
         if queries is None:
             queries = self.pos_queries[:, :tokens.shape[1]].expand(tokens.shape[0], -1, -1)
@@ -181,7 +188,7 @@ class Decoder(nn.Module):
         for i, layer in enumerate(self.layers):
             query, content = layer(query, content, memory_kv[i], query_mask, content_mask,
                                    update_content=i < len(self.layers) - 1)
-        return self.head(self.norm(query))
+        return self.norm(query)
 
     def start(self, memory_kv: List[KeyValue], num_steps: int) -> DecodeState:
         return DecodeState(self, memory_kv, num_steps)

@@ -11,6 +11,7 @@ from torch.optim.lr_scheduler import OneCycleLR
 from strhub.models.base import CrossEntropySystem
 from strhub.models.clip4str.clip import arch_to_config, create_clip
 from strhub.models.clip4str.model import CLIP4STR, cloze_mask
+from strhub.models.decoder import Decoder
 
 NO_DECAY_MARKERS = ("bn", "ln", "bias", "logit_scale", "pos_queries", "text_embed")
 
@@ -104,6 +105,9 @@ class CLIP4STRSystem(CrossEntropySystem):
         return perms
 
     def training_step(self, batch: Tuple[Tensor, List[str]], batch_idx: int) -> Tensor:
+        """The permutation language modelling loss of both branches. The heads run with gradients on the
+        rows that have a target only: padded rows add nothing to the loss, and with a large charset the
+        heads' products and the softmax over their logits cost most of the step."""
         images, labels = batch
         model = self.model
         tgt = self.tokenizer.encode(labels, self.device)
@@ -115,30 +119,34 @@ class CLIP4STRSystem(CrossEntropySystem):
         no_eos_out = torch.where(tgt_out == self.eos_id, self.pad_id, tgt_out)
 
         visual_kv = model.visual_decoder.memory_kv(memory)
-        visual_logits = [model.visual_decoder(tgt_in, visual_kv, None, query_masks[k], content_masks[k], padding)
-                         for k in range(len(perms))]
-        cross_logits = self._cross_logits(visual_logits, memory, tgt_in, content_masks, query_masks, padding)
+        visual_features = [model.visual_decoder.features(tgt_in, visual_kv, None, query_masks[k], content_masks[k],
+                                                         padding) for k in range(len(perms))]
+        with torch.no_grad():  # the captions and the cross branch's context read the visual predictions
+            visual_logits = [model.visual_decoder.head(features) for features in visual_features]
+        cross_features = self._cross_features(visual_logits, memory, tgt_in, content_masks, query_masks, padding)
 
         loss = memory.new_zeros(())
         numel = tgt.new_zeros(())
         for k in range(len(perms)):
             targets = tgt_out if k < 2 else no_eos_out
-            loss = loss + self._ce_sum(visual_logits[k], targets)
-            if cross_logits:
-                loss = loss + self.cross_loss_w * self._ce_sum(cross_logits[k], targets)
-            numel = numel + (targets != self.pad_id).sum()
+            rows = targets != self.pad_id
+            loss = loss + self._ce_sum(model.visual_decoder, visual_features[k][rows], targets[rows])
+            if cross_features:
+                loss = loss + self.cross_loss_w * self._ce_sum(model.cross_decoder, cross_features[k][rows],
+                                                               targets[rows])
+            numel = numel + rows.sum()
         loss = loss / numel
         self.log("loss", loss, prog_bar=True)
         return loss
 
-    def _ce_sum(self, logits: Tensor, targets: Tensor) -> Tensor:
-        return F.cross_entropy(logits.flatten(end_dim=1), targets.flatten(), ignore_index=self.pad_id,
-                               reduction="sum")
+    @staticmethod
+    def _ce_sum(decoder: Decoder, features: Tensor, targets: Tensor) -> Tensor:
+        return F.cross_entropy(decoder.head(features), targets, reduction="sum")
 
-    def _cross_logits(self, visual_logits: List[Tensor], memory: Tensor, tgt_in: Tensor, content_masks: Tensor,
-                      query_masks: Tensor, padding: Tensor) -> List[Tensor]:
-        """The cross branch for every permutation. The image part of its memory is projected once,
-        and the captions of all permutations are encoded in one call."""
+    def _cross_features(self, visual_logits: List[Tensor], memory: Tensor, tgt_in: Tensor, content_masks: Tensor,
+                        query_masks: Tensor, padding: Tensor) -> List[Tensor]:
+        """The cross branch's head inputs for every permutation. The image part of its memory is
+        projected once, and the captions of all permutations are encoded in one call."""
         model = self.model
         if not model.use_language_model:
             return []
@@ -146,14 +154,14 @@ class CLIP4STRSystem(CrossEntropySystem):
         image_kv = model.cross_image_kv(memory)
         text_kvs = model.caption_kv(visual_logits)
         cloze = cloze_mask(tgt_in.shape[1], tgt_in.device)
-        logits = []
+        features = []
         for k, text_kv in enumerate(text_kvs):
             memory_kv = model.join_kv(image_kv, text_kv)
             context = tgt_in if self.cross_gt_context else torch.cat(
                 [tgt_in[:, :1], visual_logits[k][:, :-1].argmax(-1)], dim=1)
             query_mask, content_mask = (cloze, cloze) if self.cross_cloze_mask else (query_masks[k], content_masks[k])
-            logits.append(decoder(context, memory_kv, None, query_mask, content_mask, padding))
-        return logits
+            features.append(decoder.features(context, memory_kv, None, query_mask, content_mask, padding))
+        return features
 
     def param_groups(self) -> List[List[Tensor]]:
         """Trainable parameters in the optimizer's four groups: CLIP without and with weight decay,
