@@ -131,10 +131,11 @@ class CLIP4STR(nn.Module):
 
     def caption_kv(self, visual_logits: List[Tensor]) -> List[List[KeyValue]]:
         """For each tensor of visual logits (N, L, C), the cross decoder's keys and values of the text
-        part of its memory: the CLIP encoding of the captions read off the logits. The captions of
-        all the tensors are encoded together."""
+        part of its memory: the CLIP encoding of the captions read off the logits (their argmax, which
+        is that of their softmax: no softmax over the charset is needed). The captions of all the
+        tensors are encoded together."""
         captions = [caption for logits in visual_logits
-                    for caption in self.tokenizer.decode_fast(logits.detach().softmax(-1), self.charset_adapter)[0]]
+                    for caption in self.tokenizer.decode_fast(logits.detach(), self.charset_adapter)[0]]
         text_kv = self.cross_decoder.memory_kv(self.encode_captions(captions, visual_logits[0].device))
         sizes = [len(logits) for logits in visual_logits]
         parts = [list(zip(key.split(sizes), value.split(sizes))) for key, value in text_kv]
