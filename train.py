@@ -24,6 +24,7 @@ from pytorch_lightning.utilities import rank_zero_only
 
 from strhub.cli import register_resolvers, reuse_freed_memory
 from strhub.evaluate import evaluate_checkpoint
+from strhub.models.registry import without_weight_files
 from strhub.models.utils import load_weights
 
 log = logging.getLogger(__name__)
@@ -59,7 +60,7 @@ def build_model(config: DictConfig) -> pl.LightningModule:
     file needed) and every weight is then loaded from that checkpoint."""
     if config.pretrained is None:
         return instantiate(config.model)
-    model = instantiate(config.model, clip_pretrained=None)
+    model = instantiate(config.model, **without_weight_files(config.model))
     load_weights(model, config.pretrained)
     log.info("Initialised every weight from %s", config.pretrained)
     return model

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from strhub.models.clip4str.system import CLIP4STRSystem
-from strhub.models.checkpoint import model_config
+from strhub.models.registry import model_config
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"

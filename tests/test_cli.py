@@ -153,3 +153,24 @@ def test_bench_py_reports_size_flops_and_speed() -> None:
     latency = float(re.search(r"Latency \(batch 1\): ([\d.]+) ms", proc.stdout).group(1))
     throughput = float(re.search(r"Throughput \(batch 2\): ([\d.]+) images/s", proc.stdout).group(1))
     assert flops > 0 and latency > 0 and throughput > 0
+
+
+@pytest.mark.parametrize("experiment", ["str_adapter-mini", "parseq-mini"])
+def test_test_py_read_py_and_bench_py_take_every_family(experiment: str, svt_root: Path, tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    model = create_model(experiment)
+    path = tmp_path / "model.ckpt"
+    torch.save({"state_dict": model.state_dict(), "hyper_parameters": dict(model.hparams)}, path)
+    proc = run([sys.executable, "test.py", str(path), "--data_root", str(svt_root), "--device", "cpu",
+                "--num_workers", "0", "--batch_size", "4"])
+    assert proc.returncode == 0, proc.stderr
+    assert re.search(r"^\| SVT      \|        10 \|", proc.stdout, re.M)
+    proc = run(["bash", "scripts/read.sh", "cpu", str(path), "misc/test_images", "--json"])
+    assert proc.returncode == 0, proc.stderr
+    assert len(json.loads(proc.stdout)) == len([p for p in TEST_IMAGES.iterdir() if p.suffix in IMAGE_SUFFIXES])
+    proc = run([sys.executable, "bench.py", f"+experiment={experiment}", "device=cpu", "throughput_batch=2",
+                "min_run_time=0.05"])
+    assert proc.returncode == 0, proc.stderr
+    total = sum(p.numel() for p in model.parameters()) / 1e6
+    assert f"Model: {model.hparams.name}," in proc.stdout and f"Parameters: {total:.2f} M total" in proc.stdout
+    assert float(re.search(r"FLOPs \(batch 1\): ([\d.]+) GFLOPs", proc.stdout).group(1)) > 0
