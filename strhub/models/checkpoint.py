@@ -1,13 +1,9 @@
 """The model configs, and CLIP4STR checkpoints (including the original's released files) read into the
 plain model. Nothing here needs Lightning, so inference (`read.py`, the speed benchmark) runs without it.
 """
-import collections
-import functools
-import pathlib
-import pickle
+import logging
 import re
 from pathlib import Path
-from types import ModuleType
 from typing import Any, Dict, Mapping, Optional, Tuple, Union
 
 import torch
@@ -17,6 +13,9 @@ from torch import Tensor
 from strhub.models.clip4str.clip import arch_from_state_dict, count_blocks
 from strhub.models.clip4str.model import CLIP4STR, build_model
 from strhub.models.layout import return_freed_memory
+from strhub.models.safe_load import InvalidCheckpointError, safe_load
+
+log = logging.getLogger(__name__)
 
 CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs"
 
@@ -25,10 +24,6 @@ CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs"
 LEGACY_FALLBACKS = {"use_language_model": False, "context_length": 20, "text_freeze_nlayer": -1, "coef_lr": 1.0}
 
 PREFIXES = ("model.", "")
-
-
-class InvalidCheckpointError(ValueError):
-    """The file is not a CLIP4STR checkpoint."""
 
 
 def model_config(experiment: Optional[str] = None, config_dir: Path = CONFIG_DIR) -> Dict[str, Any]:
@@ -54,50 +49,11 @@ def model_config(experiment: Optional[str] = None, config_dir: Path = CONFIG_DIR
     return {k: v for k, v in config.items() if not k.startswith("_")}
 
 
-class _CheckpointUnpickler(pickle.Unpickler):
-    """Unpickles only what PyTorch's weights-only loader allows, plus Lightning's `AttributeDict`
-    (read as a dict), which the weights-only loader cannot rebuild."""
-
-    def find_class(self, module: str, name: str) -> Any:
-        if name == "AttributeDict" and "lightning" in module:
-            return dict
-        allowed = _allowed_globals()
-        if f"{module}.{name}" in allowed:
-            return allowed[f"{module}.{name}"]
-        raise pickle.UnpicklingError(f"refusing to load '{module}.{name}' from a checkpoint")
-
-
-_restricted_pickle = ModuleType("strhub_restricted_pickle")
-_restricted_pickle.Unpickler = _CheckpointUnpickler
-_restricted_pickle.load = pickle.load
-
-
-@functools.lru_cache(maxsize=None)
-def _allowed_globals() -> Dict[str, Any]:
-    from torch._weights_only_unpickler import _get_allowed_globals
-
-    allowed = dict(_get_allowed_globals())
-    allowed.update({f"{cls.__module__}.{cls.__qualname__}": cls
-                    for cls in (collections.defaultdict, pathlib.PosixPath, pathlib.WindowsPath)})
-    return allowed
-
-
 def read_checkpoint(path: Union[str, Path]) -> Tuple[Dict[str, Tensor], Dict[str, Any]]:
-    """The state dict and hyper-parameters (empty for a plain state dict) of a checkpoint file, read
-    with `weights_only=True`, or, for Lightning files whose hyper-parameters are an `AttributeDict`,
-    with an unpickler restricted to the same classes."""
+    """The state dict and hyper-parameters (empty for a plain state dict) of a checkpoint file, read with
+    `safe_load` (PyTorch's weights-only reader)."""
     path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"checkpoint not found: {path}")
-    try:
-        try:
-            checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-        except pickle.UnpicklingError:
-            checkpoint = torch.load(path, map_location="cpu", weights_only=False, pickle_module=_restricted_pickle)
-    except pickle.UnpicklingError as err:
-        raise InvalidCheckpointError(f"{path} could not be read as a safe PyTorch checkpoint: {err}") from err
-    except (RuntimeError, EOFError, OSError) as err:
-        raise InvalidCheckpointError(f"{path} is not a readable PyTorch checkpoint: {err}") from err
+    checkpoint = safe_load(path)
     if not isinstance(checkpoint, Mapping):
         raise InvalidCheckpointError(f"{path} holds a {type(checkpoint).__name__}, not a checkpoint dict")
     state_dict = checkpoint.get("state_dict", checkpoint)
@@ -183,10 +139,19 @@ _VAL_ACCURACY = re.compile(r"val_accuracy=(\d+(?:\.\d+)?)")
 
 
 def best_checkpoint(folder: Path) -> Path:
-    """The checkpoint with the highest `val_accuracy=` in its name, in `folder` or `folder/checkpoints`
-    (the first in name order on ties)."""
+    """The readable checkpoint with the highest `val_accuracy=` in its name, in `folder` or `folder/checkpoints`
+    (the first in name order on ties). Unreadable ones (a write cut short) are skipped with a warning naming them."""
     candidates = sorted(folder.glob("*.ckpt")) + sorted(folder.glob("checkpoints/*.ckpt"))
     scored = [(float(m.group(1)), path) for path in candidates if (m := _VAL_ACCURACY.search(path.name))]
     if not scored:
         raise FileNotFoundError(f"no checkpoint named with val_accuracy=... in {folder} or {folder / 'checkpoints'}")
-    return max(scored, key=lambda item: item[0])[1]
+    unreadable = []
+    for _, path in sorted(scored, key=lambda item: -item[0]):
+        try:
+            safe_load(path, mmap=True)
+        except InvalidCheckpointError as err:
+            log.warning("skipping unreadable checkpoint %s: %s", path, err)
+            unreadable.append(path.name)
+            continue
+        return path
+    raise InvalidCheckpointError(f"no readable checkpoint in {folder}: {', '.join(unreadable)} cannot be read")

@@ -19,6 +19,8 @@ from open_clip.tokenizer import SimpleTokenizer
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from strhub.models.safe_load import safe_load
+
 HEAD_WIDTH = 64
 QUICK_GELU_BAND_ROWS = 128  # 128 rows of a 3072-wide activation take 1.5 MiB: they stay in L2
 ClipArch = Dict[str, Any]
@@ -100,10 +102,7 @@ def read_clip_state_dict(path: Union[str, Path]) -> Dict[str, Tensor]:
     if zipfile.is_zipfile(path) and _is_torchscript(path):
         state_dict = torch.jit.load(str(path), map_location="cpu").state_dict()
     else:
-        try:
-            state_dict = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as err:
-            raise ValueError(f"{path} is neither a TorchScript archive nor a PyTorch state dict: {err}") from err
+        state_dict = safe_load(path)
         for key in ("state_dict", "model"):
             if isinstance(state_dict, dict) and isinstance(state_dict.get(key), dict):
                 state_dict = state_dict[key]
