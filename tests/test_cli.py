@@ -113,9 +113,10 @@ def test_test_py_on_a_run_folder_picks_the_best_and_writes_reports(checkpoint: P
     assert "benchmarks missing" in proc.stderr and "IIIT5k" in proc.stderr
     assert re.search(r"^\| SVT      \|        10 \|", proc.stdout, re.M)
     assert "Total samples 10." in proc.stdout
-    markdown = Path(f"{best}.log_newFalse.md").read_text()
-    assert markdown in proc.stdout and markdown.count("| Combined |") == 2
-    summary = json.loads(Path(f"{best}.log_newFalse.json").read_text())
+    (report,) = folder.glob(f"{best.name}.log_newFalse.*.md")
+    markdown = report.read_text()
+    assert markdown in proc.stdout and markdown.count("| Combined |") == 2 and "skipped" not in markdown
+    summary = json.loads(report.with_suffix(".json").read_text())
     assert summary["datasets"]["SVT"]["num_samples"] == 10 and "CUTE80" in summary["missing"]
     assert summary["time"]["images_per_s"] > 0
 
@@ -123,6 +124,30 @@ def test_test_py_on_a_run_folder_picks_the_best_and_writes_reports(checkpoint: P
 def test_no_benchmark_found_is_an_error(checkpoint: Path, tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError, match="none of the benchmarks"):
         evaluate_checkpoint(checkpoint, tmp_path, device="cpu")
+
+
+def test_undecodable_images_are_reported_as_skipped_even_at_batch_1(checkpoint: Path, svt_root: Path,
+                                                                   tmp_path: Path) -> None:
+    lines = (TEST_IMAGES / "labels.tsv").read_text().splitlines()
+    records = [((TEST_IMAGES / name).read_bytes(), label) for name, label in (line.split("\t") for line in lines)]
+    broken_root = tmp_path / "data"
+    write_lmdb(broken_root / "test" / "SVT", records[:4] + [(b"not an image", "word")] + records[4:])
+    model = tmp_path / "tiny.ckpt"
+    shutil.copy(checkpoint, model)
+    proc = run([sys.executable, "test.py", str(model), "--data_root", str(broken_root), "--device", "cpu",
+                "--num_workers", "0", "--batch_size", "1", "--datasets", "SVT"])
+    assert proc.returncode == 0, proc.stderr
+    assert "| Dataset  | # samples | Accuracy | 1 - NED | Confidence | Label Length | # skipped |" in proc.stdout
+    assert re.search(r"^\| SVT      \|        10 \|.*\|         1 \|$", proc.stdout, re.M)
+    (report,) = tmp_path.glob("tiny.ckpt.log_newFalse.*.json")
+    assert json.loads(report.read_text())["datasets"]["SVT"]["skipped"] == 1
+
+    evaluate_checkpoint(model, broken_root, batch_size=4, num_workers=0, device="cpu", datasets=["SVT"])
+    evaluate_checkpoint(model, svt_root, batch_size=4, num_workers=0, device="cpu", datasets=["SVT"])
+    summaries = [json.loads(path.read_text()) for path in sorted(tmp_path.glob("tiny.ckpt.log_newFalse.*.json"))]
+    assert len(summaries) == 3  # one per data root and batch size: none overwrote another
+    skipped = {(s["data_root"], s["batch_size"]): s["datasets"]["SVT"]["skipped"] for s in summaries}
+    assert skipped == {(str(broken_root), 1): 1, (str(broken_root), 4): 1, (str(svt_root.resolve()), 4): 0}
 
 
 def test_test_sh_on_the_real_benchmarks_counts_every_sample(checkpoint: Path) -> None:
