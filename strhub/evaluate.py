@@ -1,5 +1,6 @@
 """Benchmark evaluation of a checkpoint, as test.py reports it: per-dataset metrics, the original's
 Markdown tables, and the Markdown and JSON files written beside the checkpoint."""
+import hashlib
 import json
 import logging
 import string
@@ -19,10 +20,10 @@ from strhub.models.utils import load_from_checkpoint
 log = logging.getLogger(__name__)
 
 
-
 @dataclass
 class Result:
-    """Metrics of one dataset (or of a group, `Combined`), in percent except the label length."""
+    """Metrics of one dataset (or of a group, `Combined`), in percent except the label length, over its
+    `num_samples` evaluated samples; `skipped` counts the samples left out because their image did not decode."""
 
     dataset: str
     num_samples: int
@@ -30,6 +31,7 @@ class Result:
     ned: float  # 1 - NED
     confidence: float
     label_length: float
+    skipped: int = 0
 
 
 def evaluation_charset(cased: bool = False, punctuation: bool = False) -> str:
@@ -49,21 +51,27 @@ def combine(results: Sequence[Result]) -> Result:
     def mean(field: str) -> float:
         return sum(r.num_samples * getattr(r, field) for r in results) / total
 
-    return Result("Combined", total, mean("accuracy"), mean("ned"), mean("confidence"), mean("label_length"))
+    return Result("Combined", total, mean("accuracy"), mean("ned"), mean("confidence"), mean("label_length"),
+                  sum(r.skipped for r in results))
 
 
 def format_table(results: Sequence[Result]) -> str:
-    """The original test.py's Markdown table, with a `Combined` row."""
+    """The original test.py's Markdown table, with a `Combined` row, and a `# skipped` column (samples whose
+    image did not decode, left out of the others) when any sample was skipped."""
     w = max([len("Dataset"), len("Combined")] + [len(r.dataset) for r in results])
+    skips = any(r.skipped for r in results)
 
     def row(r: Result) -> str:
         return (f"| {r.dataset:<{w}} | {r.num_samples:>9} | {r.accuracy:>8.2f} | {r.ned:>7.2f} "
-                f"| {r.confidence:>10.2f} | {r.label_length:>12.2f} |")
+                f"| {r.confidence:>10.2f} | {r.label_length:>12.2f} |" + (f" {r.skipped:>9} |" if skips else ""))
 
-    lines = [f"| {'Dataset':<{w}} | # samples | Accuracy | 1 - NED | Confidence | Label Length |",
-             f"|:{'----':-<{w}}:|----------:|---------:|--------:|-----------:|-------------:|",
+    lines = [f"| {'Dataset':<{w}} | # samples | Accuracy | 1 - NED | Confidence | Label Length |"
+             + (" # skipped |" if skips else ""),
+             f"|:{'----':-<{w}}:|----------:|---------:|--------:|-----------:|-------------:|"
+             + ("----------:|" if skips else ""),
              *map(row, results),
-             f"|-{'----':-<{w}}-|-----------|----------|---------|------------|--------------|",
+             f"|-{'----':-<{w}}-|-----------|----------|---------|------------|--------------|"
+             + ("-----------|" if skips else ""),
              row(combine(results))]
     return "\n".join(lines)
 
@@ -93,12 +101,16 @@ def format_report(results: Dict[str, Result], groups: Dict[str, Sequence[str]], 
 @torch.inference_mode()
 def evaluate(model: torch.nn.Module, datamodule: SceneTextDataModule, names: Sequence[str], device: torch.device,
              precision: str = "32") -> Dict[str, Result]:
-    """Runs `model.test_step` over each dataset's loader (with a progress bar) and aggregates the metrics."""
+    """Runs `model.test_step` over each dataset's loader (with a progress bar) and aggregates the metrics; images
+    that do not decode are left out and counted as skipped."""
     results = {}
     width = max(map(len, names))
     for name, loader in datamodule.test_dataloaders(names).items():
         total = correct = ned = confidence = label_length = 0.0
-        for batch_idx, (images, labels) in enumerate(tqdm(loader, desc=f"{name:>{width}}", unit="batch")):
+        for batch_idx, batch in enumerate(tqdm(loader, desc=f"{name:>{width}}", unit="batch")):
+            if batch is None:  # no image of the batch decoded
+                continue
+            images, labels = batch
             with autocast_context(device, precision):
                 res = model.test_step((images.to(device), labels), batch_idx)
             total += res.num_samples
@@ -106,11 +118,14 @@ def evaluate(model: torch.nn.Module, datamodule: SceneTextDataModule, names: Seq
             ned += res.ned
             confidence += res.confidence
             label_length += res.label_length
+        skipped = loader.dataset.num_skipped
+        if skipped:
+            log.warning("%s: %d images did not decode and are left out of its metrics", name, skipped)
         if total == 0:
-            log.warning("%s: no sample left after label filtering, skipped", name)
+            log.warning("%s: no sample left after label filtering and decoding, skipped", name)
             continue
         results[name] = Result(name, int(total), 100 * correct / total, 100 * (1 - ned / total),
-                               100 * confidence / total, label_length / total)
+                               100 * confidence / total, label_length / total, skipped)
     return results
 
 
@@ -120,7 +135,9 @@ def evaluate_checkpoint(checkpoint: Path, data_root: Path, batch_size: int = 512
                         model_kwargs: Optional[dict] = None, datasets: Sequence[str] = ()) -> str:
     """Evaluates a checkpoint (a file, or a run folder whose best checkpoint is taken) on the benchmarks found
     under `data_root/test` (or on the named `datasets` there, as one `Test` group), prints the report and writes
-    it beside the checkpoint as `<checkpoint>.log_new<new>.md` and `.json`. Images are normalised with
+    it beside the checkpoint as `<checkpoint>.log_new<new>.<settings>.md` and `.json`, where `<settings>` is a
+    digest of what the numbers depend on (data root, dataset lists, charset, transforms, batch size, precision,
+    model overrides), so that different evaluations never overwrite each other. Images are normalised with
     mean = std = 0.5 as in the original's test protocol, or with CLIP's mean/std when `openai_meanstd`."""
     if checkpoint.is_dir():
         checkpoint = best_checkpoint(checkpoint)
@@ -152,13 +169,15 @@ def evaluate_checkpoint(checkpoint: Path, data_root: Path, batch_size: int = 512
         raise ValueError(f"no benchmark under {data_root / 'test'} has a sample left after label filtering")
 
     report = format_report(results, groups, seconds)
-    stem = f"{checkpoint}.log_new{new}"
+    settings = {"data_root": str(data_root.resolve()), "benchmarks": groups, "charset_test": hp.charset_test,
+                "rotation": rotation, "openai_meanstd": openai_meanstd, "batch_size": batch_size,
+                "precision": precision, "model_kwargs": model_kwargs or {}}
+    digest = hashlib.sha1(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:8]
+    stem = f"{checkpoint}.log_new{new}.{digest}"
     Path(f"{stem}.md").write_text(report)
     samples = sum(r.num_samples for r in results.values())
     summary = {
-        "checkpoint": str(checkpoint), "data_root": str(data_root), "charset_test": hp.charset_test,
-        "rotation": rotation, "openai_meanstd": openai_meanstd, "batch_size": batch_size, "device": str(device),
-        "precision": precision,
+        "checkpoint": str(checkpoint), **settings, "device": str(device),
         "datasets": {name: asdict(r) for name, r in results.items()},
         "groups": {group: asdict(combine([results[n] for n in names if n in results]))
                    for group, names in groups.items() if any(n in results for n in names)},
@@ -168,4 +187,5 @@ def evaluate_checkpoint(checkpoint: Path, data_root: Path, batch_size: int = 512
     }
     Path(f"{stem}.json").write_text(json.dumps(summary, indent=2) + "\n")
     print(report, end="")
+    log.info("Report written to %s.md and .json", stem)
     return report

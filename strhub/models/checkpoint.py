@@ -5,14 +5,11 @@ The family is told by the tensors a checkpoint holds (`strhub.models.registry`),
 read off their shapes, and the other settings come from the checkpoint's hyper-parameters or, for a
 plain state dict, from the registered config whose shapes match (keyword overrides win).
 """
-import collections
 import functools
-import pathlib
-import pickle
+import logging
 import re
 import warnings
 from pathlib import Path
-from types import ModuleType
 from typing import Any, Dict, FrozenSet, Mapping, Tuple, Union
 
 import torch
@@ -21,61 +18,21 @@ from torch import Tensor, nn
 from strhub.models.layout import return_freed_memory
 from strhub.models.registry import (FAMILIES, Family, check_keys, experiment_family, experiments, known_settings,
                                     model_config, without_weight_files)
+from strhub.models.safe_load import InvalidCheckpointError, safe_load
 from strhub.models.state_dicts import sub_state_dict
+
+log = logging.getLogger(__name__)
 
 PREFIXES = ("model.", "")  # our Lightning systems hold the plain model as `model`, the original's not always
 # Tensors whose shapes follow the charset and the maximum label length, not the architecture.
 CHARSET_TENSORS = ("head.weight", "head.bias", "text_embed.embedding.weight", "pos_queries")
 
 
-class InvalidCheckpointError(ValueError):
-    """The file is not a checkpoint of a known model family, or does not fit the model it describes."""
-
-
-class _CheckpointUnpickler(pickle.Unpickler):
-    """Unpickles only what PyTorch's weights-only loader allows, plus Lightning's `AttributeDict`
-    (read as a dict), which the weights-only loader cannot rebuild."""
-
-    def find_class(self, module: str, name: str) -> Any:
-        if name == "AttributeDict" and "lightning" in module:
-            return dict
-        allowed = _allowed_globals()
-        if f"{module}.{name}" in allowed:
-            return allowed[f"{module}.{name}"]
-        raise pickle.UnpicklingError(f"refusing to load '{module}.{name}' from a checkpoint")
-
-
-_restricted_pickle = ModuleType("strhub_restricted_pickle")
-_restricted_pickle.Unpickler = _CheckpointUnpickler
-_restricted_pickle.load = pickle.load
-
-
-@functools.lru_cache(maxsize=None)
-def _allowed_globals() -> Dict[str, Any]:
-    from torch._weights_only_unpickler import _get_allowed_globals
-
-    allowed = dict(_get_allowed_globals())
-    allowed.update({f"{cls.__module__}.{cls.__qualname__}": cls
-                    for cls in (collections.defaultdict, pathlib.PosixPath, pathlib.WindowsPath)})
-    return allowed
-
-
 def read_checkpoint(path: Union[str, Path]) -> Tuple[Dict[str, Tensor], Dict[str, Any]]:
-    """The state dict and hyper-parameters (empty for a plain state dict) of a checkpoint file, read
-    with `weights_only=True`, or, for Lightning files whose hyper-parameters are an `AttributeDict`,
-    with an unpickler restricted to the same classes."""
+    """The state dict and hyper-parameters (empty for a plain state dict) of a checkpoint file, read with
+    `safe_load` (PyTorch's weights-only reader)."""
     path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"checkpoint not found: {path}")
-    try:
-        try:
-            checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-        except pickle.UnpicklingError:
-            checkpoint = torch.load(path, map_location="cpu", weights_only=False, pickle_module=_restricted_pickle)
-    except pickle.UnpicklingError as err:
-        raise InvalidCheckpointError(f"{path} could not be read as a safe PyTorch checkpoint: {err}") from err
-    except (RuntimeError, EOFError, OSError) as err:
-        raise InvalidCheckpointError(f"{path} is not a readable PyTorch checkpoint: {err}") from err
+    checkpoint = safe_load(path)
     if not isinstance(checkpoint, Mapping):
         raise InvalidCheckpointError(f"{path} holds a {type(checkpoint).__name__}, not a checkpoint dict")
     state_dict = checkpoint.get("state_dict", checkpoint)
@@ -207,10 +164,19 @@ _VAL_ACCURACY = re.compile(r"val_accuracy=(\d+(?:\.\d+)?)")
 
 
 def best_checkpoint(folder: Path) -> Path:
-    """The checkpoint with the highest `val_accuracy=` in its name, in `folder` or `folder/checkpoints`
-    (the first in name order on ties)."""
+    """The readable checkpoint with the highest `val_accuracy=` in its name, in `folder` or `folder/checkpoints`
+    (the first in name order on ties). Unreadable ones (a write cut short) are skipped with a warning naming them."""
     candidates = sorted(folder.glob("*.ckpt")) + sorted(folder.glob("checkpoints/*.ckpt"))
     scored = [(float(m.group(1)), path) for path in candidates if (m := _VAL_ACCURACY.search(path.name))]
     if not scored:
         raise FileNotFoundError(f"no checkpoint named with val_accuracy=... in {folder} or {folder / 'checkpoints'}")
-    return max(scored, key=lambda item: item[0])[1]
+    unreadable = []
+    for _, path in sorted(scored, key=lambda item: -item[0]):
+        try:
+            safe_load(path, mmap=True)
+        except InvalidCheckpointError as err:
+            log.warning("skipping unreadable checkpoint %s: %s", path, err)
+            unreadable.append(path.name)
+            continue
+        return path
+    raise InvalidCheckpointError(f"no readable checkpoint in {folder}: {', '.join(unreadable)} cannot be read")

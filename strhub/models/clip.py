@@ -20,6 +20,7 @@ from open_clip.model import CLIP, CLIPTextCfg, CLIPVisionCfg
 from open_clip.tokenizer import SimpleTokenizer
 from torch import Tensor, nn
 
+from strhub.models.safe_load import safe_load
 from strhub.models.state_dicts import count_blocks, sub_state_dict
 
 HEAD_WIDTH = 64
@@ -104,10 +105,7 @@ def read_clip_state_dict(path: Union[str, Path]) -> Dict[str, Tensor]:
     if zipfile.is_zipfile(path) and _is_torchscript(path):
         state_dict = torch.jit.load(str(path), map_location="cpu").state_dict()
     else:
-        try:
-            state_dict = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as err:
-            raise ValueError(f"{path} is neither a TorchScript archive nor a PyTorch state dict: {err}") from err
+        state_dict = safe_load(path)
         for key in ("state_dict", "model"):
             if isinstance(state_dict, dict) and isinstance(state_dict.get(key), dict):
                 state_dict = state_dict[key]
