@@ -22,6 +22,7 @@ setup(
         "strhub-inspect-lmdb = strhub.tools.inspect_lmdb:main",
         "strhub-render-words = strhub.tools.render_words:main",
         "strhub-filter-lmdb = strhub.tools.filter_lmdb:main",
+        "strhub-build-dataset = strhub.tools.build_dataset:main",
         "strhub-convert-icdar = strhub.tools.convert.icdar:main",
         "strhub-convert-cocotext = strhub.tools.convert.cocotext:main",
         "strhub-convert-textocr = strhub.tools.convert.textocr:main",
