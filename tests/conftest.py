@@ -5,6 +5,7 @@ import torch
 
 from strhub.models.clip4str.system import CLIP4STRSystem
 from strhub.models.checkpoint import model_config
+from strhub.models.utils import create_model
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"
@@ -28,3 +29,13 @@ def make_tiny_model(**overrides) -> CLIP4STRSystem:
 def tiny_model() -> CLIP4STRSystem:
     torch.manual_seed(0)
     return make_tiny_model()
+
+
+@pytest.fixture(scope="session")
+def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The `tiny` experiment with random weights, saved as Lightning saves a model (state dict + hyper-parameters)."""
+    torch.manual_seed(0)
+    model = create_model("tiny")
+    path = tmp_path_factory.mktemp("checkpoint") / "tiny.ckpt"
+    torch.save({"state_dict": model.state_dict(), "hyper_parameters": dict(model.hparams)}, path)
+    return path

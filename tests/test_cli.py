@@ -10,8 +10,8 @@ from pathlib import Path
 from typing import Dict, List
 
 import pytest
-import torch
 
+from strhub.benchmarks import BenchmarkGroup
 from strhub.evaluate import Result, evaluate_checkpoint, format_report, format_table
 from strhub.models.checkpoint import best_checkpoint
 from strhub.models.utils import create_model
@@ -26,16 +26,6 @@ IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 def run(args: List[str], env: Dict[str, str] = None) -> subprocess.CompletedProcess:
     return subprocess.run(args, cwd=REPO, capture_output=True, text=True, timeout=900,
                           env=dict(os.environ, **(env or {})))
-
-
-@pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The `tiny` experiment with random weights, saved as Lightning saves a model (state dict + hyper-parameters)."""
-    torch.manual_seed(0)
-    model = create_model("tiny")
-    path = tmp_path_factory.mktemp("checkpoint") / "tiny.ckpt"
-    torch.save({"state_dict": model.state_dict(), "hyper_parameters": dict(model.hparams)}, path)
-    return path
 
 
 @pytest.fixture(scope="module")
@@ -64,7 +54,9 @@ def test_table_has_the_original_layout() -> None:
 
 def test_report_keeps_evaluated_sets_and_ends_with_the_time_line() -> None:
     results = {"SVT": Result("SVT", 600, 50.0, 60.0, 70.0, 5.0)}
-    report = format_report(results, {"Benchmark": ["IIIT5k", "SVT"], "New": ["ArT"]}, seconds=3.0)
+    groups = [BenchmarkGroup("Benchmark", (("IIIT5k", "IIIT5k"), ("SVT", "SVT"))),
+              BenchmarkGroup("New", (("ArT", "ArT"),))]
+    report = format_report(results, groups, seconds=3.0)
     assert report.startswith("Benchmark set:\n| Dataset ")
     assert "New set:" not in report and "IIIT5k" not in report
     assert report.endswith("\n\n\nTime: Total 3.00s, Average 5.00ms. Total samples 600. Throughput 200.0 images/s.\n")
