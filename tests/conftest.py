@@ -5,6 +5,7 @@ import torch
 
 from strhub.models.clip4str.system import CLIP4STRSystem
 from strhub.models.registry import model_config
+from strhub.models.utils import create_model
 from strhub.tools import render_words
 from strhub.tools.create_lmdb import write_lmdb
 
@@ -42,3 +43,13 @@ def data_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     write_lmdb(root / "test" / "SVT", [((TEST_IMAGES / name).read_bytes(), label)
                                       for name, label in (line.split("\t") for line in lines)])
     return root
+
+
+@pytest.fixture(scope="session")
+def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The `tiny` experiment with random weights, saved as Lightning saves a model (state dict + hyper-parameters)."""
+    torch.manual_seed(0)
+    model = create_model("tiny")
+    path = tmp_path_factory.mktemp("checkpoint") / "tiny.ckpt"
+    torch.save({"state_dict": model.state_dict(), "hyper_parameters": dict(model.hparams)}, path)
+    return path

@@ -13,6 +13,7 @@ from typing import Dict, List
 import pytest
 import torch
 
+from strhub.benchmarks import BenchmarkGroup
 from strhub.evaluate import Result, evaluate_checkpoint, format_report, format_table
 from strhub.models.checkpoint import best_checkpoint
 from strhub.models.utils import create_model
@@ -37,16 +38,6 @@ class Payload:
 def run(args: List[str], env: Dict[str, str] = None) -> subprocess.CompletedProcess:
     return subprocess.run(args, cwd=REPO, capture_output=True, text=True, timeout=900,
                           env=dict(os.environ, **(env or {})))
-
-
-@pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The `tiny` experiment with random weights, saved as Lightning saves a model (state dict + hyper-parameters)."""
-    torch.manual_seed(0)
-    model = create_model("tiny")
-    path = tmp_path_factory.mktemp("checkpoint") / "tiny.ckpt"
-    torch.save({"state_dict": model.state_dict(), "hyper_parameters": dict(model.hparams)}, path)
-    return path
 
 
 @pytest.fixture(scope="module")
@@ -75,7 +66,9 @@ def test_table_has_the_original_layout() -> None:
 
 def test_report_keeps_evaluated_sets_and_ends_with_the_time_line() -> None:
     results = {"SVT": Result("SVT", 600, 50.0, 60.0, 70.0, 5.0)}
-    report = format_report(results, {"Benchmark": ["IIIT5k", "SVT"], "New": ["ArT"]}, seconds=3.0)
+    groups = [BenchmarkGroup("Benchmark", (("IIIT5k", "IIIT5k"), ("SVT", "SVT"))),
+              BenchmarkGroup("New", (("ArT", "ArT"),))]
+    report = format_report(results, groups, seconds=3.0)
     assert report.startswith("Benchmark set:\n| Dataset ")
     assert "New set:" not in report and "IIIT5k" not in report
     assert report.endswith("\n\n\nTime: Total 3.00s, Average 5.00ms. Total samples 600. Throughput 200.0 images/s.\n")
@@ -139,12 +132,12 @@ def test_undecodable_images_are_reported_as_skipped_even_at_batch_1(checkpoint: 
     assert proc.returncode == 0, proc.stderr
     assert "| Dataset  | # samples | Accuracy | 1 - NED | Confidence | Label Length | # skipped |" in proc.stdout
     assert re.search(r"^\| SVT      \|        10 \|.*\|         1 \|$", proc.stdout, re.M)
-    (report,) = tmp_path.glob("tiny.ckpt.log_newFalse.*.json")
+    (report,) = tmp_path.glob("tiny.ckpt.log_datasets_SVT.*.json")
     assert json.loads(report.read_text())["datasets"]["SVT"]["skipped"] == 1
 
     evaluate_checkpoint(model, broken_root, batch_size=4, num_workers=0, device="cpu", datasets=["SVT"])
     evaluate_checkpoint(model, svt_root, batch_size=4, num_workers=0, device="cpu", datasets=["SVT"])
-    summaries = [json.loads(path.read_text()) for path in sorted(tmp_path.glob("tiny.ckpt.log_newFalse.*.json"))]
+    summaries = [json.loads(path.read_text()) for path in sorted(tmp_path.glob("tiny.ckpt.log_datasets_SVT.*.json"))]
     assert len(summaries) == 3  # one per data root and batch size: none overwrote another
     skipped = {(s["data_root"], s["batch_size"]): s["datasets"]["SVT"]["skipped"] for s in summaries}
     assert skipped == {(str(broken_root), 1): 1, (str(broken_root), 4): 1, (str(svt_root.resolve()), 4): 0}
