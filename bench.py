@@ -15,6 +15,7 @@ from torch.utils.benchmark import Timer
 from torch.utils.flop_counter import FlopCounterMode
 
 from strhub.cli import autocast_context, default_device, register_resolvers, reuse_freed_memory
+from strhub.models.registry import without_weight_files
 
 register_resolvers()
 
@@ -31,7 +32,7 @@ def seconds_per_call(model: torch.nn.Module, images: torch.Tensor, min_run_time:
 def main(config: DictConfig) -> None:
     device = default_device(config.device)
     reuse_freed_memory()
-    model = instantiate(config.model, clip_pretrained=None).eval().to(device)
+    model = instantiate(config.model, **without_weight_files(config.model)).eval().to(device)
     total = sum(p.numel() for p in model.parameters())
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     height, width = config.model.img_size

@@ -1,9 +1,10 @@
-"""Inference and training speed of CLIP4STR, with the image encoder's share split out: at inference
-the encoder is timed inside each forward pass; for training, its forward and backward are timed alone.
+"""Inference and training speed of a model (CLIP4STR-B/16 by default; any experiment or checkpoint of
+the three families), with the image encoder's share split out: at inference the encoder is timed inside
+each forward pass; for training, its forward and backward are timed alone.
 
 Each measurement runs in a fresh process so that its peak memory (VmHWM) is its own; inference runs
 the plain model, as `read.py` does, without importing Lightning. Weights are
-random (or read from `--weights`, a state dict in the original's layout, so that other
+random (or read from `--weights`, a checkpoint or a state dict in the original's layout, so that other
 implementations can be measured on the very same weights). Inputs are fixed by `--seed`: images
 `randn(B, 3, H, W)` clamped to [-1, 1] with generator seed + B; labels random over the training
 charset, 1 to 25 characters (or to --label-length), the first that long.
@@ -11,6 +12,7 @@ charset, 1 to 25 characters (or to --label-length), the first that long.
     python bench_speed.py                      # B/16, 224x224, fp32, batches 1 and 8, training at 8
     python bench_speed.py --device cuda --precision bf16 --batches 1 256 --train-batch 128
     python bench_speed.py --experiment tiny --charset-file chars.txt --train-batch 64   # a large charset
+    python bench_speed.py --experiment parseq --batches 1 64
 """
 import argparse
 import gc
@@ -25,8 +27,9 @@ import torch
 
 from strhub.cli import autocast_context, reuse_freed_memory
 from strhub.data.utils import load_charset
-from strhub.models.checkpoint import load_model, model_config
-from strhub.models.clip4str.model import CLIP4STR, build_model
+from strhub.models.checkpoint import load_model
+from strhub.models.recognizer import Recognizer
+from strhub.models.registry import experiment_family, model_config, without_weight_files
 
 
 def peak_memory_mib() -> float:
@@ -97,16 +100,24 @@ def charset_overrides(args: argparse.Namespace) -> Dict[str, str]:
     return {"charset_train": charset, "charset_test": charset}
 
 
-def build_plain(args: argparse.Namespace) -> CLIP4STR:
+def build_plain(args: argparse.Namespace) -> Recognizer:
     """The plain model, as inference uses it (Lightning is not imported)."""
     if args.weights:
         model = load_model(args.weights)
     else:
         torch.manual_seed(0)
-        model = build_model({**model_config(args.experiment), "clip_pretrained": None, **charset_overrides(args)})
+        config = model_config(args.experiment)
+        model = experiment_family(args.experiment).build_model({**config, **without_weight_files(config),
+                                                                **charset_overrides(args)})
     if args.compile:
-        model.compile_image_encoder()
+        compile_encoder(model)
     return model
+
+
+def compile_encoder(model: Recognizer) -> None:
+    if not hasattr(model, "compile_image_encoder"):
+        raise SystemExit(f"--compile: {type(model).__name__} has no compiled image encoder (CLIP4STR has)")
+    model.compile_image_encoder()
 
 
 def build_system(args: argparse.Namespace):
@@ -117,9 +128,10 @@ def build_system(args: argparse.Namespace):
         system = load_from_checkpoint(args.weights)
     else:
         torch.manual_seed(0)
-        system = create_model(args.experiment, clip_pretrained=None, **charset_overrides(args))
+        system = create_model(args.experiment, **without_weight_files(model_config(args.experiment)),
+                              **charset_overrides(args))
     if args.compile:
-        system.model.compile_image_encoder()
+        compile_encoder(system.model)
     return system
 
 
@@ -190,7 +202,7 @@ def report(result: Dict[str, Any]) -> str:
 
 def main(argv: Optional[List[str]] = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--experiment", default="vl4str", help="experiment config (random CLIP weights)")
+    parser.add_argument("--experiment", default="vl4str", help="experiment config (random weights)")
     parser.add_argument("--weights", help="checkpoint to load instead of random weights")
     parser.add_argument("--charset-file", help="train and test charset, one character per line (random weights only)")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")

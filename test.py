@@ -3,14 +3,18 @@
 
     python test.py outputs/vl4str/<run>/checkpoints/last.ckpt --data_root data [--new] [refine_iters:int=2]
     python test.py outputs/vl4str-tiny/<run> --data_root data/zh --datasets synth --full_charset
+    python test.py CHECKPOINT --union14m --ost --ltb --protocol parseq --groups my_groups.yaml
 
-A run folder instead of a file picks its best checkpoint by validation accuracy. Extra arguments of the form
-`name:type=value` (type int, float, str or bool) override the model's hyper-parameters.
+A run folder instead of a file picks its best checkpoint by validation accuracy. The tables are test groups
+(configs/test_groups/*.yaml): the protocol's, then New with --new, then the groups asked for; missing test sets
+are named in a warning and skipped. Extra arguments of the form `name:type=value` (type int, float, str, bool, or
+list for a list of integers such as `block_ids:list=[1,3,5]`) override the model's hyper-parameters.
 """
 import argparse
 import logging
 from pathlib import Path
 
+from strhub.benchmarks import DEFAULT_PROTOCOL, GroupError
 from strhub.cli import parse_model_args, reuse_freed_memory
 from strhub.evaluate import evaluate_checkpoint
 from strhub.models.checkpoint import InvalidCheckpointError
@@ -29,6 +33,14 @@ def main() -> None:
                              "charset, case included (instead of lowercase alphanumerics)")
     parser.add_argument("--ignore_case", action="store_true", help="with --full_charset: compare in lower case")
     parser.add_argument("--new", action="store_true", help="also evaluate the new benchmarks (ArT, COCOv1.4, Uber)")
+    parser.add_argument("--protocol", default=DEFAULT_PROTOCOL,
+                        help="the base tables: clip4str (the original's), parseq (with IC13-857 and IC15-1811), "
+                             "or a group file")
+    parser.add_argument("--union14m", action="store_true", help="also the Union14M-Benchmark (7 subsets, average)")
+    parser.add_argument("--ost", action="store_true", help="also OST (HOST, WOST and their average)")
+    parser.add_argument("--ltb", action="store_true", help="also LTB (long text, with a length filter that fits)")
+    parser.add_argument("--groups", nargs="+", default=[], metavar="NAME_OR_FILE",
+                        help="also these test groups: names in configs/test_groups or YAML files")
     parser.add_argument("--datasets", nargs="+", default=(), metavar="NAME",
                         help="evaluate these sets under DATA_ROOT/test instead of the benchmarks (e.g. synth)")
     parser.add_argument("--rotation", type=int, default=0, help="rotate images counter-clockwise by these degrees")
@@ -45,11 +57,15 @@ def main() -> None:
         kwargs = parse_model_args(unknown)
     except ValueError as err:
         parser.error(str(err))
+    options = vars(args)
+    flags = [name for name in ("union14m", "ost", "ltb") if options.pop(name)]
+    options["groups"] = flags + options["groups"]
     logging.basicConfig(level=logging.INFO, format="%(levelname)s: %(message)s")
     reuse_freed_memory()
     try:
-        evaluate_checkpoint(**vars(args), model_kwargs=kwargs)
-    except (FileNotFoundError, InvalidCheckpointError) as err:  # a missing or unfit checkpoint, a missing data root
+        evaluate_checkpoint(**options, model_kwargs=kwargs)
+    # a missing or unfit checkpoint, a missing data root, unusable test groups
+    except (FileNotFoundError, InvalidCheckpointError, GroupError) as err:
         parser.error(str(err))
 
 

@@ -4,10 +4,15 @@
     python train.py +experiment=vl4str data.root_dir=/data/str_dataset trainer.devices=4 model.batch_size=256 \
         model.clip_pretrained=pretrained/clip/ViT-B-16.pt
 
-Outputs go to outputs/<model>/<date>_<time>/: checkpoints/ (best by val_accuracy, and last.ckpt), TensorBoard
-and CSV logs, and config.yaml (the resolved configuration). Resume with ckpt_path=<run>/checkpoints/last.ckpt.
+Outputs go to a new folder outputs/<model>/<date>_<time>/ per run: checkpoints/ (best by val_accuracy, and
+last.ckpt, the latest state), TensorBoard and CSV logs, and the resolved configuration of every start
+(config.yaml, then config_<N>.yaml). Resume with ckpt_path=<run>/checkpoints/last.ckpt.
 """
+import functools
+import itertools
 import logging
+import sys
+import time
 from pathlib import Path
 from typing import Any, Mapping, Optional, Union
 
@@ -15,20 +20,53 @@ import hydra
 import pytorch_lightning as pl
 import torch
 from hydra.core.hydra_config import HydraConfig
-from hydra.utils import instantiate, to_absolute_path
+from hydra.utils import get_class, instantiate, to_absolute_path
 from omegaconf import DictConfig, ListConfig, OmegaConf, open_dict
 from pytorch_lightning.callbacks import Callback, LearningRateMonitor, ModelCheckpoint, ModelSummary
 from pytorch_lightning.loggers import CSVLogger, TensorBoardLogger
 from pytorch_lightning.strategies import DDPStrategy, Strategy
 from pytorch_lightning.utilities import rank_zero_only
 
-from strhub.cli import register_resolvers, reuse_freed_memory
+from strhub.callbacks import (AtomicCheckpointIO, LatestCheckpoint, NonFiniteGuard, ScheduleGuard, TrainingError,
+                              check_resume_checkpoint, remove_partial_files)
+from strhub.cli import ConfigError, check_arguments, register_resolvers, reuse_freed_memory
 from strhub.evaluate import evaluate_checkpoint
+from strhub.models.registry import without_weight_files
+from strhub.models.safe_load import InvalidCheckpointError
 from strhub.models.utils import load_weights
 
 log = logging.getLogger(__name__)
 
+
+def resumed_run(ckpt_path: Optional[str]) -> Optional[Path]:
+    """The run folder that `ckpt_path` belongs to, when it lies in `<run>/checkpoints/`."""
+    path = Path(ckpt_path).absolute() if ckpt_path is not None else None
+    return path.parents[1] if path is not None and path.parent.name == "checkpoints" else None
+
+
+@functools.lru_cache(maxsize=None)
+def run_folder(ckpt_path: Optional[str], parent: str) -> str:
+    """The default `hydra.run.dir`: the folder of the run that `ckpt_path` resumes, else a new folder
+    `<parent>/<date>_<time>` (`_2`, `_3`, ... when that name is taken), created here so that two runs never share
+    one. Processes of rank > 0 take the name without creating a folder."""
+    resumed = resumed_run(ckpt_path)
+    if resumed is not None:
+        return str(resumed)
+    base = Path(parent) / time.strftime("%Y-%m-%d_%H-%M-%S")
+    if rank_zero_only.rank != 0:
+        return str(base)
+    base.parent.mkdir(parents=True, exist_ok=True)
+    for attempt in itertools.count(1):
+        folder = base if attempt == 1 else base.with_name(f"{base.name}_{attempt}")
+        try:
+            folder.mkdir()
+        except FileExistsError:
+            continue
+        return str(folder)
+
+
 register_resolvers()
+OmegaConf.register_new_resolver("run_folder", run_folder)
 
 
 def world_size(trainer: DictConfig) -> int:
@@ -59,7 +97,7 @@ def build_model(config: DictConfig) -> pl.LightningModule:
     file needed) and every weight is then loaded from that checkpoint."""
     if config.pretrained is None:
         return instantiate(config.model)
-    model = instantiate(config.model, clip_pretrained=None)
+    model = instantiate(config.model, **without_weight_files(config.model))
     load_weights(model, config.pretrained)
     log.info("Initialised every weight from %s", config.pretrained)
     return model
@@ -92,13 +130,47 @@ class ProgressLog(Callback):
 
 
 @rank_zero_only
-def save_config(config: DictConfig, run_dir: Path) -> None:
-    run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(config, resolve=True))
+def claim_run_folder(run_dir: Path) -> None:
+    """Makes `run_dir/checkpoints` for a new run, refusing a folder that already holds one."""
+    try:
+        (run_dir / "checkpoints").mkdir(parents=True)
+    except FileExistsError:
+        raise TrainingError(f"{run_dir} already holds a run (it has checkpoints/) and runs never share a folder: "
+                            f"resume it with ckpt_path={run_dir / 'checkpoints' / 'last.ckpt'}, or give another "
+                            f"hydra.run.dir") from None
+
+
+@rank_zero_only
+def save_config(config: DictConfig, run_dir: Path, start: int) -> None:
+    """The resolved configuration of the run's `start`-th start (counted as the CSV logs are), with the command
+    line's overrides: config.yaml for the first, config_<start>.yaml for later ones."""
+    name = "config.yaml" if start == 0 else f"config_{start}.yaml"
+    command = " ".join(["python train.py", *HydraConfig.get().overrides.task])
+    (run_dir / name).write_text(f"# {command}\n{OmegaConf.to_yaml(config, resolve=True)}")
+
+
+def log_to(path: Path) -> None:
+    """Moves the file logging that Hydra set up (train.log in its run folder) to `path`."""
+    root = logging.getLogger()
+    for handler in [h for h in root.handlers if isinstance(h, logging.FileHandler)]:
+        moved = logging.FileHandler(path)
+        moved.setFormatter(handler.formatter)
+        moved.setLevel(handler.level)
+        root.removeHandler(handler)
+        handler.close()
+        root.addHandler(moved)
 
 
 @hydra.main(config_path="configs", config_name="main", version_base="1.3")
 def main(config: DictConfig) -> None:
+    try:
+        train(config)
+    except (TrainingError, InvalidCheckpointError, ConfigError, FileNotFoundError) as err:
+        log.error("%s: %s", type(err).__name__, err)
+        sys.exit(1)
+
+
+def train(config: DictConfig) -> None:
     processes = world_size(config.trainer)
     reuse_freed_memory()
     with open_dict(config):
@@ -115,26 +187,43 @@ def main(config: DictConfig) -> None:
     if config.seed is not None:
         pl.seed_everything(config.seed, workers=True)
 
-    run_dir = (Path(config.ckpt_path).parents[1] if config.ckpt_path is not None
-               else Path(HydraConfig.get().runtime.output_dir))
-    save_config(config, run_dir)
+    model_class = get_class(config.model._target_)
+    for warning in check_arguments("model", OmegaConf.to_container(config.model, resolve=True), model_class,
+                                   ignore=("name",)):
+        log.warning(warning)
+    if config.ckpt_path is not None:
+        check_resume_checkpoint(Path(config.ckpt_path))
+    hydra_dir = Path(HydraConfig.get().runtime.output_dir)
+    resumed = resumed_run(config.ckpt_path)
+    run_dir = resumed or hydra_dir
+    if resumed is None:
+        claim_run_folder(run_dir)
+    elif run_dir != hydra_dir:
+        log_to(run_dir / "train.log")
+    if rank_zero_only.rank == 0:
+        for path in remove_partial_files(run_dir / "checkpoints"):
+            log.warning("Removed %s, a checkpoint write cut short", path)
 
     model = build_model(config)
     datamodule = instantiate(config.data)
-    checkpoint = ModelCheckpoint(dirpath=run_dir / "checkpoints", monitor="val_accuracy", mode="max", save_top_k=1,
-                                 save_last=True, filename="{epoch}-{step}-{val_accuracy:.4f}-{val_NED:.4f}")
-    callbacks = [checkpoint, LearningRateMonitor(logging_interval="step"), ModelSummary(max_depth=2),
-                 ProgressLog()]
-    loggers = [TensorBoardLogger(run_dir, name="", version=""), CSVLogger(run_dir, name="csv")]
+    best = ModelCheckpoint(dirpath=run_dir / "checkpoints", monitor="val_accuracy", mode="max", save_top_k=1,
+                           filename="{epoch}-{step}-{val_accuracy:.4f}-{val_NED:.4f}", save_on_train_epoch_end=False)
+    latest = LatestCheckpoint(run_dir / "checkpoints", config.last_ckpt_every_n_steps)
+    callbacks = [best, latest, NonFiniteGuard(config.max_nonfinite_steps), ScheduleGuard(),
+                 LearningRateMonitor(logging_interval="step"), ModelSummary(max_depth=2), ProgressLog()]
+    csv_logger = CSVLogger(run_dir, name="csv")
+    loggers = [TensorBoardLogger(run_dir, name="", version=""), csv_logger]
+    save_config(config, run_dir, csv_logger.version)
     trainer: pl.Trainer = instantiate(config.trainer, strategy=strategy, logger=loggers, callbacks=callbacks,
-                                      default_root_dir=run_dir)
+                                      plugins=[AtomicCheckpointIO()], default_root_dir=run_dir)
     trainer.fit(model, datamodule=datamodule, ckpt_path=config.ckpt_path)
 
     if trainer.is_global_zero:
-        best = checkpoint.best_model_path or checkpoint.last_model_path
-        log.info("Run folder: %s; best checkpoint: %s", run_dir, best)
+        best_path = best.best_model_path or latest.best_model_path
+        log.info("Run folder: %s; best checkpoint: %s", run_dir, best_path)
         if config.test_after_train:
-            evaluate_checkpoint(Path(best), Path(config.data.root_dir), new=True, full_charset=config.test_full_charset,
+            evaluate_checkpoint(Path(best_path), Path(config.data.root_dir), new=True,
+                                full_charset=config.test_full_charset,
                                 device=str(trainer.strategy.root_device))
 
 

@@ -40,15 +40,22 @@ batch_rule() {
     echo "Effective batch: $nodes node(s) x $gpus GPU(s) x $accum accumulation x $batch images = 1024"
 }
 
-# train_clip4str DEFAULT_GPUS DEFAULT_BATCH EXPERIMENT CLIP_FILE [OVERRIDES...]: trains EXPERIMENT on RBU (dataset=real)
-# from $CLIP_DIR/CLIP_FILE under the 1024 rule (see batch_rule), launched with $LAUNCHER (default python). OVERRIDES
-# come last, so the caller's and the user's Hydra overrides win.
-train_clip4str() {
+# train_experiment DEFAULT_GPUS DEFAULT_BATCH EXPERIMENT [OVERRIDES...]: trains EXPERIMENT on $DATA_ROOT (default
+# data; dataset=real) under the 1024 rule (see batch_rule), launched with $LAUNCHER (default python). OVERRIDES come
+# last, so the caller's and the user's Hydra overrides win.
+train_experiment() {
     batch_rule "$1" "$2"
-    local experiment=$3 clip_file=$4
-    shift 4
-    ${LAUNCHER:-python} "$repo/train.py" +experiment="$experiment" dataset=real \
-        data.root_dir="${DATA_ROOT:-data}" model.clip_pretrained="${CLIP_DIR:-pretrained/clip}/$clip_file" \
+    local experiment=$3
+    shift 3
+    ${LAUNCHER:-python} "$repo/train.py" +experiment="$experiment" dataset=real data.root_dir="${DATA_ROOT:-data}" \
         model.batch_size="$batch" trainer.accumulate_grad_batches="$accum" \
         trainer.devices="$gpus" trainer.num_nodes="$nodes" "$@"
+}
+
+# train_on_clip DEFAULT_GPUS DEFAULT_BATCH EXPERIMENT CLIP_FILE [OVERRIDES...]: train_experiment from the CLIP weights
+# $CLIP_DIR/CLIP_FILE (CLIP_DIR default: pretrained/clip).
+train_on_clip() {
+    local gpus=$1 batch=$2 experiment=$3 clip_file=$4
+    shift 4
+    train_experiment "$gpus" "$batch" "$experiment" model.clip_pretrained="${CLIP_DIR:-pretrained/clip}/$clip_file" "$@"
 }

@@ -8,5 +8,5 @@
 set -euo pipefail
 repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 source "$repo/scripts/common.sh"
-train_clip4str 4 256 vl4str OpenCLIP-ViT-B-16-DataComp-XL-s13B-b90K.bin \
+train_on_clip 4 256 vl4str OpenCLIP-ViT-B-16-DataComp-XL-s13B-b90K.bin \
     trainer.max_epochs=11 "$@"

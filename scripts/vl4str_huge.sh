@@ -8,5 +8,5 @@
 set -euo pipefail
 repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 source "$repo/scripts/common.sh"
-train_clip4str 4 32 vl4str-huge appleDFN5B-CLIP-ViT-H-14.bin \
+train_on_clip 4 32 vl4str-huge appleDFN5B-CLIP-ViT-H-14.bin \
     trainer.max_epochs=4 trainer.val_check_interval=10000 "$@"

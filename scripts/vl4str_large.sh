@@ -7,5 +7,5 @@
 set -euo pipefail
 repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 source "$repo/scripts/common.sh"
-train_clip4str 4 64 vl4str-large OpenCLIP-ViT-L-14-DataComp-XL-s13B-b90K.bin \
+train_on_clip 4 64 vl4str-large OpenCLIP-ViT-L-14-DataComp-XL-s13B-b90K.bin \
     trainer.max_epochs=5 trainer.val_check_interval=10000 "$@"

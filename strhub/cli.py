@@ -1,7 +1,11 @@
 """Helpers shared by the entry points: train.py, test.py, read.py and the benchmarks."""
+import collections.abc
 import contextlib
 import ctypes
-from typing import Any, Dict, Iterable, Optional, Union
+import difflib
+import inspect
+import typing
+from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Union
 
 import torch
 from hydra.utils import to_absolute_path
@@ -45,9 +49,14 @@ def autocast_context(device: Union[str, torch.device], precision: str = "32") ->
     return torch.autocast(torch.device(device).type, dtype=dtypes[precision])
 
 
+def _int_list(value: str) -> List[int]:
+    return [int(item) for item in value.strip("[]").split(",") if item.strip()]
+
+
 def parse_model_args(args: Iterable[str]) -> Dict[str, Any]:
-    """Model overrides written as `name:type=value` (type: int, float, str or bool)."""
-    casts = {"int": int, "float": float, "str": str, "bool": lambda v: v.lower() == "true"}
+    """Model overrides written as `name:type=value` (type: int, float, str, bool, or list of ints written
+    `[1,3,5]`, such as `block_ids:list=[1,3,5]`)."""
+    casts = {"int": int, "float": float, "str": str, "bool": lambda v: v.lower() == "true", "list": _int_list}
     kwargs = {}
     for arg in args:
         try:
@@ -58,3 +67,49 @@ def parse_model_args(args: Iterable[str]) -> Dict[str, Any]:
             raise ValueError(f"model override {arg!r} is not of the form name:type=value "
                              f"with type in {sorted(casts)}") from None
     return kwargs
+
+
+class ConfigError(ValueError):
+    """A configuration value that cannot be used; the message names its key."""
+
+
+def _fits(value: Any, annotation: Any) -> bool:
+    """Whether `value` (plain config data) fits a parameter annotation; annotations it cannot judge fit anything."""
+    origin, args = typing.get_origin(annotation), typing.get_args(annotation)
+    if origin is Union:
+        return any(_fits(value, arg) for arg in args)
+    if annotation is type(None):
+        return value is None
+    if annotation is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if annotation is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if annotation in (bool, str):
+        return isinstance(value, annotation)
+    if origin in (collections.abc.Sequence, list, tuple):
+        return isinstance(value, (list, tuple)) and all(_fits(item, args[0]) for item in value if args)
+    if origin in (collections.abc.Mapping, dict):
+        return isinstance(value, Mapping)
+    return True
+
+
+def check_arguments(section: str, values: Mapping[str, Any], target: Callable, ignore: Iterable[str] = ()) -> List[str]:
+    """Checks the keys of config `section` against the parameters of `target` before anything is built: raises
+    ConfigError, naming the key, for a value of the wrong type, and returns a warning for each key that `target`
+    does not name (with the closest names it does). Keys starting with `_` and those in `ignore` are skipped."""
+    hints = typing.get_type_hints(target.__init__ if inspect.isclass(target) else target)
+    parameters = [name for name, parameter in inspect.signature(target).parameters.items()
+                  if parameter.kind not in (parameter.VAR_POSITIONAL, parameter.VAR_KEYWORD)]
+    unknown = []
+    for key, value in values.items():
+        if key.startswith("_") or key in ignore:
+            continue
+        if key not in parameters:
+            close = difflib.get_close_matches(key, parameters, n=3)
+            hint = f" (did you mean {', '.join(close)}?)" if close else ""
+            unknown.append(f"{section}.{key} is not a parameter of {target.__name__} and has no effect{hint}")
+        elif key in hints and not _fits(value, hints[key]):
+            hint = hints[key]
+            expected = hint.__name__ if isinstance(hint, type) else str(hint).replace("typing.", "")
+            raise ConfigError(f"{section}.{key} must be {expected}, got {value!r} ({type(value).__name__})")
+    return unknown

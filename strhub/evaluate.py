@@ -1,22 +1,27 @@
 """Benchmark evaluation of a checkpoint, as test.py reports it: per-dataset metrics, the original's
-Markdown tables, and the Markdown and JSON files written beside the checkpoint.
+Markdown tables for each test group (strhub.benchmarks), and the Markdown, JSON and CSV files written beside the
+checkpoint.
 
 Two protocols: the original's (labels folded to ASCII, words compared on lowercase alphanumerics,
 optionally with case and punctuation), and the full-charset one for any script (labels as written in
 NFC, compared on every character of the model's charset, optionally ignoring case). Both compute
 1 - NED on code points."""
+import csv
+import functools
+import hashlib
 import json
 import logging
 import string
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
-from typing import Any, Dict, Optional, Sequence
+from typing import Any, Dict, List, Optional, Sequence
 
 import torch
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
+from strhub.benchmarks import DEFAULT_PROTOCOL, BenchmarkGroup, label_lengths, select_groups
 from strhub.cli import autocast_context, default_device
 from strhub.data.dataset import LmdbDataset
 from strhub.data.module import SceneTextDataModule
@@ -28,7 +33,8 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class Result:
-    """Metrics of one dataset (or of a group, `Combined`), in percent except the label length."""
+    """Metrics of one dataset (or of a group, `Combined`), in percent except the label length, over its
+    `num_samples` evaluated samples; `skipped` counts the samples left out because their image did not decode."""
 
     dataset: str
     num_samples: int
@@ -36,6 +42,7 @@ class Result:
     ned: float  # 1 - NED
     confidence: float
     label_length: float
+    skipped: int = 0
 
 
 def evaluation_charset(cased: bool = False, punctuation: bool = False) -> str:
@@ -61,41 +68,56 @@ def combine(results: Sequence[Result]) -> Result:
     def mean(field: str) -> float:
         return sum(r.num_samples * getattr(r, field) for r in results) / total
 
-    return Result("Combined", total, mean("accuracy"), mean("ned"), mean("confidence"), mean("label_length"))
+    return Result("Combined", total, mean("accuracy"), mean("ned"), mean("confidence"), mean("label_length"),
+                  sum(r.skipped for r in results))
 
 
-def format_table(results: Sequence[Result]) -> str:
-    """The original test.py's Markdown table, with a `Combined` row."""
+def average(results: Sequence[Result]) -> Result:
+    """Unweighted means of several datasets (the average a benchmark such as Union14M reports), with their total
+    sample count."""
+
+    def mean(field: str) -> float:
+        return sum(getattr(r, field) for r in results) / len(results)
+
+    return Result("Average", sum(r.num_samples for r in results), mean("accuracy"), mean("ned"), mean("confidence"),
+                  mean("label_length"), sum(r.skipped for r in results))
+
+
+def format_table(results: Sequence[Result], with_average: bool = False) -> str:
+    """The original test.py's Markdown table, with a `Combined` row (and an `Average` row on request), and a
+    `# skipped` column (samples whose image did not decode, left out of the others) when any sample was skipped."""
     w = max([len("Dataset"), len("Combined")] + [len(r.dataset) for r in results])
+    skips = any(r.skipped for r in results)
 
     def row(r: Result) -> str:
         return (f"| {r.dataset:<{w}} | {r.num_samples:>9} | {r.accuracy:>8.2f} | {r.ned:>7.2f} "
-                f"| {r.confidence:>10.2f} | {r.label_length:>12.2f} |")
+                f"| {r.confidence:>10.2f} | {r.label_length:>12.2f} |" + (f" {r.skipped:>9} |" if skips else ""))
 
-    lines = [f"| {'Dataset':<{w}} | # samples | Accuracy | 1 - NED | Confidence | Label Length |",
-             f"|:{'----':-<{w}}:|----------:|---------:|--------:|-----------:|-------------:|",
+    lines = [f"| {'Dataset':<{w}} | # samples | Accuracy | 1 - NED | Confidence | Label Length |"
+             + (" # skipped |" if skips else ""),
+             f"|:{'----':-<{w}}:|----------:|---------:|--------:|-----------:|-------------:|"
+             + ("----------:|" if skips else ""),
              *map(row, results),
-             f"|-{'----':-<{w}}-|-----------|----------|---------|------------|--------------|",
+             f"|-{'----':-<{w}}-|-----------|----------|---------|------------|--------------|"
+             + ("-----------|" if skips else ""),
              row(combine(results))]
+    if with_average:
+        lines.append(row(average(results)))
     return "\n".join(lines)
 
 
-def result_groups(new: bool) -> Dict[str, Sequence[str]]:
-    """Table groups of the original: both benchmark lists, and the new benchmarks on request."""
-    groups = {"Benchmark (Subset)": SceneTextDataModule.TEST_BENCHMARK_SUB,
-              "Benchmark": SceneTextDataModule.TEST_BENCHMARK}
-    if new:
-        groups["New"] = SceneTextDataModule.TEST_NEW
-    return groups
+def group_rows(results: Dict[str, Result], group: BenchmarkGroup) -> List[Result]:
+    """A group's evaluated datasets, in its order, named by their row labels."""
+    return [replace(results[folder], dataset=label) for label, folder in group.datasets if folder in results]
 
 
-def format_report(results: Dict[str, Result], groups: Dict[str, Sequence[str]], seconds: float) -> str:
+def format_report(results: Dict[str, Result], groups: Sequence[BenchmarkGroup], seconds: float) -> str:
     """Every group's table (datasets that were not evaluated are left out), then the time line."""
     parts = []
-    for group, names in groups.items():
-        rows = [results[name] for name in names if name in results]
+    for group in groups:
+        rows = group_rows(results, group)
         if rows:
-            parts.append(f"{group} set:\n{format_table(rows)}\n\n\n")
+            parts.append(f"{group.name} set:\n{format_table(rows, group.average)}\n\n\n")
     samples = sum(r.num_samples for r in results.values())
     parts.append(f"Time: Total {seconds:.2f}s, Average {1000 * seconds / samples:.2f}ms. "
                  f"Total samples {samples}. Throughput {samples / seconds:.1f} images/s.\n")
@@ -105,12 +127,16 @@ def format_report(results: Dict[str, Result], groups: Dict[str, Sequence[str]], 
 @torch.inference_mode()
 def evaluate(model: torch.nn.Module, loaders: Dict[str, DataLoader], device: torch.device,
              precision: str = "32") -> Dict[str, Result]:
-    """Runs `model.test_step` over each dataset's loader (with a progress bar) and aggregates the metrics."""
+    """Runs `model.test_step` over each dataset's loader (with a progress bar) and aggregates the metrics; images
+    that do not decode are left out and counted as skipped."""
     results = {}
     width = max(map(len, loaders))
     for name, loader in loaders.items():
         total = correct = ned = confidence = label_length = 0.0
-        for batch_idx, (images, labels) in enumerate(tqdm(loader, desc=f"{name:>{width}}", unit="batch")):
+        for batch_idx, batch in enumerate(tqdm(loader, desc=f"{name:>{width}}", unit="batch")):
+            if batch is None:  # no image of the batch decoded
+                continue
+            images, labels = batch
             with autocast_context(device, precision):
                 res = model.test_step((images.to(device), labels), batch_idx)
             total += res.num_samples
@@ -118,11 +144,14 @@ def evaluate(model: torch.nn.Module, loaders: Dict[str, DataLoader], device: tor
             ned += res.ned
             confidence += res.confidence
             label_length += res.label_length
+        skipped = loader.dataset.num_skipped
+        if skipped:
+            log.warning("%s: %d images did not decode and are left out of its metrics", name, skipped)
         if total == 0:
-            log.warning("%s: no sample left after label filtering, skipped", name)
+            log.warning("%s: no sample left after label filtering and decoding, skipped", name)
             continue
         results[name] = Result(name, int(total), 100 * correct / total, 100 * (1 - ned / total),
-                               100 * confidence / total, label_length / total)
+                               100 * confidence / total, label_length / total, skipped)
     return results
 
 
@@ -148,20 +177,44 @@ def protocol_charset(checkpoint: Path, overrides: Dict[str, Any], cased: bool, p
     return caseless_charset(charset) if ignore_case else charset
 
 
+def report_stem(checkpoint: Path, selection: str, settings: Dict[str, object]) -> str:
+    """The report files' path without suffix: the checkpoint's, the selection of groups and a digest of the
+    settings the numbers depend on."""
+    digest = hashlib.sha1(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:8]
+    return f"{checkpoint}.log_{selection}.{digest}"
+
+
+def write_csv(path: Path, results: Dict[str, Result], lengths: Dict[str, int], context: Dict[str, object]) -> None:
+    """One row per dataset: the `context` columns (checkpoint, settings), the dataset's metrics and its length
+    filter; rows of several checkpoints' files concatenate into one table."""
+    columns = [*context, *(f.name for f in fields(Result)), "max_label_length"]
+    with open(path, "w", newline="", encoding="utf-8") as file:
+        writer = csv.DictWriter(file, columns)
+        writer.writeheader()
+        for name, result in sorted(results.items()):
+            writer.writerow({**context, **asdict(result), "max_label_length": lengths[name]})
+
+
 def evaluate_checkpoint(checkpoint: Path, data_root: Path, batch_size: int = 512, num_workers: int = 4,
                         cased: bool = False, punctuation: bool = False, full_charset: bool = False,
                         ignore_case: bool = False, new: bool = False, rotation: int = 0, openai_meanstd: bool = False,
                         device: Optional[str] = None, precision: str = "32", model_kwargs: Optional[dict] = None,
-                        datasets: Sequence[str] = ()) -> str:
-    """Evaluates a checkpoint (a file, or a run folder whose best checkpoint is taken) on the benchmarks found
-    under `data_root/test` (or on the named `datasets` there, as one `Test` group), prints the report and writes
-    it beside the checkpoint as `<checkpoint>.log_new<new>.md` and `.json`. Images are normalised with
-    mean = std = 0.5 as in the original's test protocol, or with CLIP's mean/std when `openai_meanstd`.
+                        datasets: Sequence[str] = (), protocol: str = DEFAULT_PROTOCOL,
+                        groups: Sequence[str] = ()) -> str:
+    """Evaluates a checkpoint (a file, or a run folder whose best checkpoint is taken) on the test sets under
+    `data_root/test` of the protocol's groups, `new`'s and the extra `groups` (names in configs/test_groups or
+    YAML files; see strhub.benchmarks), or on the named `datasets` there as one `Test` group. Prints the report
+    and writes it beside the checkpoint as `<checkpoint>.log_<selection>.<settings>.md`, `.json` and `.csv` (one
+    row per dataset); the default selection is named `new<new>`, and `<settings>` is a digest of what the numbers
+    depend on (data root, test sets, charset, label settings, transforms, batch size, precision, model overrides),
+    so that different evaluations never overwrite each other. Images are normalised with mean = std = 0.5 as in
+    the original's test protocol, or with CLIP's mean/std when `openai_meanstd`.
 
     With `full_charset`, labels are kept as written (NFC; whitespace too when the model's charset holds
     it) and compared on the model's whole training charset, which also filters the cross-modal
     branch's captions; `ignore_case` folds both sides to lower case. Otherwise labels are folded to
     ASCII and compared on lowercase alphanumerics, plus upper case (`cased`) and punctuation."""
+    selection, test_groups = select_groups(protocol, new, groups, datasets)
     if checkpoint.is_dir():
         checkpoint = best_checkpoint(checkpoint)
         print(f"Best checkpoint by validation accuracy: {checkpoint}")
@@ -173,12 +226,16 @@ def evaluate_checkpoint(checkpoint: Path, data_root: Path, batch_size: int = 512
     model = load_from_checkpoint(str(checkpoint), **kwargs).eval().to(device)
     hp = model.hparams
     remove_whitespace = not (full_charset and any(char.isspace() for char in hp.charset_test))
-    datamodule = SceneTextDataModule(str(data_root), "_unused_", hp.img_size, hp.max_label_length, hp.charset_train,
-                                     hp.charset_test, batch_size, num_workers, False,
-                                     remove_whitespace=remove_whitespace, normalize_unicode=not full_charset,
-                                     rotation=rotation, test_openai_meanstd=openai_meanstd)
-    groups = {"Test": list(datasets)} if datasets else result_groups(new)
-    present, missing = datamodule.split_test_names(sorted(set(name for names in groups.values() for name in names)))
+    lengths = label_lengths(test_groups, hp.max_label_length)
+
+    @functools.lru_cache(maxsize=None)
+    def datamodule(max_label_length: int) -> SceneTextDataModule:
+        return SceneTextDataModule(str(data_root), "_unused_", hp.img_size, max_label_length, hp.charset_train,
+                                   hp.charset_test, batch_size, num_workers, False,
+                                   remove_whitespace=remove_whitespace, normalize_unicode=not full_charset,
+                                   rotation=rotation, test_openai_meanstd=openai_meanstd)
+
+    present, missing = datamodule(hp.max_label_length).split_test_names(sorted(lengths))
     if not present:
         raise FileNotFoundError(f"none of the benchmarks {', '.join(missing)} is in {data_root / 'test'} "
                                 "(expected test/<name>/data.mdb)")
@@ -187,7 +244,9 @@ def evaluate_checkpoint(checkpoint: Path, data_root: Path, batch_size: int = 512
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     start = time.perf_counter()
-    loaders = datamodule.test_dataloaders(present)
+    loaders: Dict[str, DataLoader] = {}
+    for length in sorted(set(lengths[name] for name in present)):
+        loaders.update(datamodule(length).test_dataloaders([name for name in present if lengths[name] == length]))
     results = evaluate(model, loaders, device, precision)
     if device.type == "cuda":
         torch.cuda.synchronize(device)
@@ -195,23 +254,31 @@ def evaluate_checkpoint(checkpoint: Path, data_root: Path, batch_size: int = 512
     if not results:
         raise ValueError(f"no benchmark under {data_root / 'test'} has a sample left after label filtering")
 
-    report = format_report(results, groups, seconds)
-    stem = f"{checkpoint}.log_new{new}"
+    report = format_report(results, test_groups, seconds)
+    settings = {"data_root": str(data_root.resolve()), "datasets": sorted(results), "charset_test": hp.charset_test,
+                "normalize_unicode": not full_charset, "remove_whitespace": remove_whitespace,
+                "rotation": rotation, "openai_meanstd": openai_meanstd, "batch_size": batch_size,
+                "precision": precision, "model_kwargs": model_kwargs or {}}
+    stem = report_stem(checkpoint, selection, settings)
     Path(f"{stem}.md").write_text(report, encoding="utf-8")
     samples = sum(r.num_samples for r in results.values())
+    evaluated = [group for group in test_groups if any(n in results for n in group.folders)]
     summary = {
-        "checkpoint": str(checkpoint), "data_root": str(data_root), "charset_test": hp.charset_test,
-        "normalize_unicode": not full_charset, "remove_whitespace": remove_whitespace,
-        "rotation": rotation, "openai_meanstd": openai_meanstd, "batch_size": batch_size, "device": str(device),
-        "precision": precision,
+        "checkpoint": str(checkpoint), **settings, "device": str(device),
+        "selection": selection,
         "datasets": {name: asdict(r) for name, r in results.items()},
-        "groups": {group: asdict(combine([results[n] for n in names if n in results]))
-                   for group, names in groups.items() if any(n in results for n in names)},
+        "groups": {group.name: asdict(combine(group_rows(results, group))) for group in evaluated},
+        "averages": {group.name: asdict(average(group_rows(results, group))) for group in evaluated if group.average},
+        "tables": {group.name: [[label, folder] for label, folder in group.datasets] for group in evaluated},
+        "max_label_length": {name: lengths[name] for name in results},
         "label_filtering": {name: label_filtering(loader.dataset) for name, loader in loaders.items()},
         "missing": missing,
         "time": {"total_s": seconds, "average_ms": 1000 * seconds / samples, "samples": samples,
                  "images_per_s": samples / seconds},
     }
     Path(f"{stem}.json").write_text(json.dumps(summary, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    write_csv(Path(f"{stem}.csv"), results, lengths,
+              {"checkpoint": str(checkpoint), "selection": selection, **settings, "device": str(device)})
     print(report, end="")
+    log.info("Report written to %s.md, .json and .csv", stem)
     return report

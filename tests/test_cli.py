@@ -2,6 +2,7 @@
 user runs them, on a tiny model with random weights and on real word images."""
 import json
 import os
+import pickle
 import re
 import shutil
 import subprocess
@@ -14,6 +15,7 @@ import torch
 from nltk import edit_distance
 
 from multiscript import SCRIPT_WORDS, gb2312_level1, script_fonts
+from strhub.benchmarks import BenchmarkGroup
 from strhub.evaluate import Result, caseless_charset, evaluate_checkpoint, format_report, format_table, protocol_charset
 from strhub.models.checkpoint import best_checkpoint
 from strhub.models.utils import create_model
@@ -26,19 +28,19 @@ TEST_IMAGES = REPO / "misc" / "test_images"
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 
 
+class Payload:
+    """Unpickling it creates the file `marker`, as a hostile checkpoint's `os.system(...)` would run."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return open, (str(self.marker), "w")
+
+
 def run(args: List[str], env: Dict[str, str] = None) -> subprocess.CompletedProcess:
     return subprocess.run(args, cwd=REPO, capture_output=True, text=True, timeout=900,
                           env=dict(os.environ, **(env or {})))
-
-
-@pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The `tiny` experiment with random weights, saved as Lightning saves a model (state dict + hyper-parameters)."""
-    torch.manual_seed(0)
-    model = create_model("tiny")
-    path = tmp_path_factory.mktemp("checkpoint") / "tiny.ckpt"
-    torch.save({"state_dict": model.state_dict(), "hyper_parameters": dict(model.hparams)}, path)
-    return path
 
 
 @pytest.fixture(scope="module")
@@ -81,21 +83,28 @@ def test_table_has_the_original_layout() -> None:
 
 def test_report_keeps_evaluated_sets_and_ends_with_the_time_line() -> None:
     results = {"SVT": Result("SVT", 600, 50.0, 60.0, 70.0, 5.0)}
-    report = format_report(results, {"Benchmark": ["IIIT5k", "SVT"], "New": ["ArT"]}, seconds=3.0)
+    groups = [BenchmarkGroup("Benchmark", (("IIIT5k", "IIIT5k"), ("SVT", "SVT"))),
+              BenchmarkGroup("New", (("ArT", "ArT"),))]
+    report = format_report(results, groups, seconds=3.0)
     assert report.startswith("Benchmark set:\n| Dataset ")
     assert "New set:" not in report and "IIIT5k" not in report
     assert report.endswith("\n\n\nTime: Total 3.00s, Average 5.00ms. Total samples 600. Throughput 200.0 images/s.\n")
 
 
-def test_best_checkpoint_is_the_highest_validation_accuracy(tmp_path: Path) -> None:
+def test_best_checkpoint_is_the_highest_readable_validation_accuracy(tmp_path: Path,
+                                                                     caplog: pytest.LogCaptureFixture) -> None:
     folder = tmp_path / "checkpoints"
     folder.mkdir()
     for name in ("epoch=0-step=10-val_accuracy=9.5000-val_NED=20.0000.ckpt", "last.ckpt",
                  "epoch=2-step=30-val_accuracy=80.2500-val_NED=90.0000.ckpt",
                  "epoch=3-step=40-val_accuracy=10.0000-val_NED=95.0000.ckpt"):
-        (folder / name).touch()
+        torch.save({"state_dict": {}}, folder / name)
     assert best_checkpoint(tmp_path).name.startswith("epoch=2-step=30")
     assert best_checkpoint(folder).name.startswith("epoch=2-step=30")
+    cut = folder / "epoch=4-step=50-val_accuracy=90.0000-val_NED=95.0000.ckpt"  # a write cut short
+    cut.write_bytes((folder / "last.ckpt").read_bytes()[:100])
+    assert best_checkpoint(tmp_path).name.startswith("epoch=2-step=30")
+    assert f"skipping unreadable checkpoint {cut}" in caplog.text
     with pytest.raises(FileNotFoundError, match="val_accuracy"):
         best_checkpoint(tmp_path / "nothing")
 
@@ -114,9 +123,10 @@ def test_test_py_on_a_run_folder_picks_the_best_and_writes_reports(checkpoint: P
     assert "benchmarks missing" in proc.stderr and "IIIT5k" in proc.stderr
     assert re.search(r"^\| SVT      \|        10 \|", proc.stdout, re.M)
     assert "Total samples 10." in proc.stdout
-    markdown = Path(f"{best}.log_newFalse.md").read_text()
-    assert markdown in proc.stdout and markdown.count("| Combined |") == 2
-    summary = json.loads(Path(f"{best}.log_newFalse.json").read_text())
+    (report,) = folder.glob(f"{best.name}.log_newFalse.*.md")
+    markdown = report.read_text()
+    assert markdown in proc.stdout and markdown.count("| Combined |") == 2 and "skipped" not in markdown
+    summary = json.loads(report.with_suffix(".json").read_text())
     assert summary["datasets"]["SVT"]["num_samples"] == 10 and "CUTE80" in summary["missing"]
     assert summary["time"]["images_per_s"] > 0
 
@@ -124,6 +134,30 @@ def test_test_py_on_a_run_folder_picks_the_best_and_writes_reports(checkpoint: P
 def test_no_benchmark_found_is_an_error(checkpoint: Path, tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError, match="none of the benchmarks"):
         evaluate_checkpoint(checkpoint, tmp_path, device="cpu")
+
+
+def test_undecodable_images_are_reported_as_skipped_even_at_batch_1(checkpoint: Path, svt_root: Path,
+                                                                   tmp_path: Path) -> None:
+    lines = (TEST_IMAGES / "labels.tsv").read_text().splitlines()
+    records = [((TEST_IMAGES / name).read_bytes(), label) for name, label in (line.split("\t") for line in lines)]
+    broken_root = tmp_path / "data"
+    write_lmdb(broken_root / "test" / "SVT", records[:4] + [(b"not an image", "word")] + records[4:])
+    model = tmp_path / "tiny.ckpt"
+    shutil.copy(checkpoint, model)
+    proc = run([sys.executable, "test.py", str(model), "--data_root", str(broken_root), "--device", "cpu",
+                "--num_workers", "0", "--batch_size", "1", "--datasets", "SVT"])
+    assert proc.returncode == 0, proc.stderr
+    assert "| Dataset  | # samples | Accuracy | 1 - NED | Confidence | Label Length | # skipped |" in proc.stdout
+    assert re.search(r"^\| SVT      \|        10 \|.*\|         1 \|$", proc.stdout, re.M)
+    (report,) = tmp_path.glob("tiny.ckpt.log_datasets_SVT.*.json")
+    assert json.loads(report.read_text())["datasets"]["SVT"]["skipped"] == 1
+
+    evaluate_checkpoint(model, broken_root, batch_size=4, num_workers=0, device="cpu", datasets=["SVT"])
+    evaluate_checkpoint(model, svt_root, batch_size=4, num_workers=0, device="cpu", datasets=["SVT"])
+    summaries = [json.loads(path.read_text()) for path in sorted(tmp_path.glob("tiny.ckpt.log_datasets_SVT.*.json"))]
+    assert len(summaries) == 3  # one per data root and batch size: none overwrote another
+    skipped = {(s["data_root"], s["batch_size"]): s["datasets"]["SVT"]["skipped"] for s in summaries}
+    assert skipped == {(str(broken_root), 1): 1, (str(broken_root), 4): 1, (str(svt_root.resolve()), 4): 0}
 
 
 def test_test_sh_on_the_real_benchmarks_counts_every_sample(checkpoint: Path) -> None:
@@ -150,6 +184,20 @@ def test_read_py_prints_every_image_and_reports_a_corrupt_one(checkpoint: Path, 
     assert re.search(r"^broken\.png: error: UnidentifiedImageError", proc.stderr, re.M)
 
 
+def test_read_py_on_a_run_folder_skips_a_hostile_best_file_without_running_it(checkpoint: Path,
+                                                                              tmp_path: Path) -> None:
+    folder = tmp_path / "run" / "checkpoints"
+    folder.mkdir(parents=True)
+    hostile = folder / "epoch=1-step=8-val_accuracy=99.0000-val_NED=99.0000.ckpt"
+    with open(hostile, "wb") as file:
+        pickle.dump({"state_dict": Payload(tmp_path / "payload_ran")}, file)
+    shutil.copy(checkpoint, folder / "epoch=0-step=4-val_accuracy=10.0000-val_NED=20.0000.ckpt")
+    proc = run([sys.executable, "read.py", str(tmp_path / "run"), str(TEST_IMAGES / "demo_1.png"), "--device", "cpu"])
+    assert proc.returncode == 0, proc.stderr
+    assert f"skipping unreadable checkpoint {hostile}: refusing to load" in proc.stderr
+    assert proc.stdout.startswith(f"{TEST_IMAGES / 'demo_1.png'}: ") and not (tmp_path / "payload_ran").exists()
+
+
 def test_read_sh_json_output(checkpoint: Path) -> None:
     proc = run(["bash", "scripts/read.sh", "cpu", str(checkpoint), "misc/test_images", "--json"])
     assert proc.returncode == 0, proc.stderr
@@ -172,6 +220,27 @@ def test_bench_py_reports_size_flops_and_speed() -> None:
     assert flops > 0 and latency > 0 and throughput > 0
 
 
+@pytest.mark.parametrize("experiment", ["str_adapter-mini", "parseq-mini"])
+def test_test_py_read_py_and_bench_py_take_every_family(experiment: str, svt_root: Path, tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    model = create_model(experiment)
+    path = tmp_path / "model.ckpt"
+    torch.save({"state_dict": model.state_dict(), "hyper_parameters": dict(model.hparams)}, path)
+    proc = run([sys.executable, "test.py", str(path), "--data_root", str(svt_root), "--device", "cpu",
+                "--num_workers", "0", "--batch_size", "4"])
+    assert proc.returncode == 0, proc.stderr
+    assert re.search(r"^\| SVT      \|        10 \|", proc.stdout, re.M)
+    proc = run(["bash", "scripts/read.sh", "cpu", str(path), "misc/test_images", "--json"])
+    assert proc.returncode == 0, proc.stderr
+    assert len(json.loads(proc.stdout)) == len([p for p in TEST_IMAGES.iterdir() if p.suffix in IMAGE_SUFFIXES])
+    proc = run([sys.executable, "bench.py", f"+experiment={experiment}", "device=cpu", "throughput_batch=2",
+                "min_run_time=0.05"])
+    assert proc.returncode == 0, proc.stderr
+    total = sum(p.numel() for p in model.parameters()) / 1e6
+    assert f"Model: {model.hparams.name}," in proc.stdout and f"Parameters: {total:.2f} M total" in proc.stdout
+    assert float(re.search(r"FLOPs \(batch 1\): ([\d.]+) GFLOPs", proc.stdout).group(1)) > 0
+
+
 def test_test_py_full_charset_on_rendered_chinese_counts_the_set_minus_the_drops(cjk_checkpoint: Path,
                                                                                    tmp_path: Path) -> None:
     charset = "0123456789" + gb2312_level1()
@@ -189,7 +258,8 @@ def test_test_py_full_charset_on_rendered_chinese_counts_the_set_minus_the_drops
     assert "synth: 33 of 35 records kept (filtered too long: 1, empty: 1); 1 labels lost characters outside " \
            "the charset ('★' 1)" in proc.stderr
     assert re.search(r"^\| synth    \|        33 \|", proc.stdout, re.M) and "Total samples 33." in proc.stdout
-    summary = json.loads(Path(f"{cjk_checkpoint}.log_newFalse.json").read_text(encoding="utf-8"))
+    (report,) = cjk_checkpoint.parent.glob(f"{cjk_checkpoint.name}.log_newFalse.*.json")
+    summary = json.loads(report.read_text(encoding="utf-8"))
     assert summary["label_filtering"]["synth"] == {"records": 35, "kept": 33, "filtered": {"too_long": 1, "empty": 1},
                                                    "trimmed": 1, "undecodable": 0}
     assert summary["charset_test"] == charset and not summary["normalize_unicode"] and summary["remove_whitespace"]

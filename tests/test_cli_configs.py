@@ -10,6 +10,7 @@ from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
 from strhub.cli import register_resolvers
+from strhub.models.registry import experiment_family, experiments
 
 REPO = Path(__file__).resolve().parents[1]
 CLIP_FILES = {"vl4str": "ViT-B-16.pt", "vl4str-base32": "ViT-B-32.pt", "vl4str-large": "ViT-L-14.pt",
@@ -32,6 +33,15 @@ def test_experiments_name_their_clip_file(experiment: str) -> None:
     assert config["data"]["charset_train"] == config["model"]["charset_train"] == string.printable[:94]
     trainer = config["trainer"]
     assert trainer["gradient_clip_val"] == 20 and trainer["precision"] == "16-mixed" and trainer["num_nodes"] == 1
+
+
+@pytest.mark.parametrize("experiment", experiments())
+def test_every_experiment_composes(experiment: str) -> None:
+    config = composed("main", f"+experiment={experiment}")
+    family = experiment_family(experiment)
+    assert config["model"]["_target_"] == f"{family.package}.system.{family.system}"
+    assert config["data"]["img_size"] == config["model"]["img_size"]
+    assert OmegaConf.to_container(OmegaConf.create(config["model"])) == config["model"]  # plain data, resolved
 
 
 def test_charsets_datasets_and_charset_file(tmp_path: Path) -> None:
@@ -74,3 +84,22 @@ def test_training_scripts_keep_the_effective_batch_of_1024() -> None:
     proc = subprocess.run(["bash", "scripts/vl4str_large.sh"], cwd=REPO, env=dict(os.environ, GPUS="3"),
                           capture_output=True, text=True)
     assert proc.returncode == 2 and "must divide 1024" in proc.stderr
+
+
+@pytest.mark.parametrize("script, expected", [
+    ("str_adapter.sh", ["+experiment=str_adapter", "trainer.devices=2", "model.batch_size=512",
+                        "trainer.accumulate_grad_batches=1", "model.clip_pretrained=/clip/ViT-B-16.pt", "model.lr=8e-4",
+                        "trainer.max_epochs=16"]),
+    ("parseq.sh", ["+experiment=parseq-base", "trainer.devices=4", "model.batch_size=256",
+                   "trainer.accumulate_grad_batches=1", "model.lr=8.4e-5", "trainer.max_epochs=16"]),
+])
+def test_baseline_scripts_run_the_original_recipes(script: str, expected: list) -> None:
+    env = dict(os.environ, LAUNCHER="echo", CLIP_DIR="/clip", DATA_ROOT="/data")
+    proc = subprocess.run(["bash", f"scripts/{script}", "model.dropout=0.2"], cwd=REPO, env=env, capture_output=True,
+                          text=True)
+    assert proc.returncode == 0, proc.stderr
+    assert "= 1024" in proc.stdout
+    command = proc.stdout.splitlines()[-1].split()
+    assert all(arg in command for arg in expected + ["data.root_dir=/data"]), command
+    assert command[-1] == "model.dropout=0.2"
+    assert composed("main", *command[1:])["model"]["dropout"] == 0.2  # the command composes

@@ -11,6 +11,7 @@ import torch
 from PIL import Image
 from torch.utils.data import RandomSampler, SequentialSampler
 
+from strhub.benchmarks import load_groups
 from strhub.data.augment import rand_augment_transform
 from strhub.data.dataset import lmdb_datasets
 from strhub.data.module import OPENAI_MEAN, OPENAI_STD, SceneTextDataModule
@@ -47,12 +48,11 @@ def tree(tmp_path: Path) -> Path:
 
 
 def test_benchmark_groups_are_the_originals():
-    benchmark = ("IIIT5k", "SVT", "IC13_1015", "IC15_1811", "IC15_2077", "SVTP", "CUTE80", "HOST", "WOST")
-    assert SceneTextDataModule.TEST_BENCHMARK_SUB == benchmark
-    assert SceneTextDataModule.TEST_BENCHMARK == benchmark
-    assert SceneTextDataModule.TEST_NEW == ("ArT", "COCOv1.4", "Uber")
-    assert set(SceneTextDataModule.TEST_ALL) == set(benchmark + SceneTextDataModule.TEST_NEW)
-    assert len(SceneTextDataModule.TEST_ALL) == 12
+    benchmark = ["IIIT5k", "SVT", "IC13_1015", "IC15_1811", "IC15_2077", "SVTP", "CUTE80", "HOST", "WOST"]
+    subset, full = load_groups("clip4str")
+    assert (subset.name, subset.folders) == ("Benchmark (Subset)", benchmark)
+    assert (full.name, full.folders) == ("Benchmark", benchmark)
+    assert [(g.name, g.folders) for g in load_groups("new")] == [("New", ["ArT", "COCOv1.4", "Uber"])]
 
 
 def test_train_reads_every_lmdb_below_train_dir_with_the_train_charset(tree):

@@ -10,9 +10,9 @@ import torch
 from conftest import TINY_ARCH, make_tiny_model
 from strhub.cli import parse_model_args
 from strhub.models.checkpoint import InvalidCheckpointError, load_model
-from strhub.models.clip4str.clip import (QUICK_GELU_BAND_ROWS, arch_from_state_dict, build_clip, encode_text_tokens,
+from strhub.models.clip import (QUICK_GELU_BAND_ROWS, arch_from_state_dict, build_clip, encode_text_tokens,
                                          load_pretrained_clip, mlp, read_clip_state_dict, shared_prefixes)
-from strhub.models.clip4str.system import permutation_masks
+from strhub.models.plm import permutation_masks
 from strhub.models.utils import create_model, load_from_checkpoint, load_weights
 
 
@@ -124,7 +124,7 @@ def test_fine_tuning_weights_load_into_a_fresh_model(tiny_model, tmp_path):
 def test_wrong_checkpoints_get_clear_errors(tmp_path):
     other = tmp_path / "parseq.pt"
     torch.save({"encoder.weight": torch.zeros(2)}, other)
-    with pytest.raises(InvalidCheckpointError, match="not a CLIP4STR checkpoint.*encoder.weight"):
+    with pytest.raises(InvalidCheckpointError, match="not a checkpoint of a known model family.*encoder.weight"):
         load_from_checkpoint(other)
     garbage = tmp_path / "garbage.ckpt"
     garbage.write_bytes(b"not a checkpoint")
@@ -207,7 +207,7 @@ def test_greedy_cache_equals_full_causal_recompute(tiny_model):
     tokens[:, 0] = tiny_model.bos_id
     causal = torch.triu(torch.full((6, 6), float("-inf")), 1)
     with torch.inference_mode():
-        full = decoder(tokens, decoder.memory_kv(memory), None, causal, causal)
+        full = decoder.decode(tokens, decoder.memory_kv(memory), None, causal, causal)
         state = decoder.start(decoder.memory_kv(memory), 6)
         stepped = torch.stack([decoder.step(state, tokens[:, i], i) for i in range(6)], dim=1)
     assert torch.allclose(full, stepped, atol=1e-5)
@@ -322,8 +322,8 @@ def test_cross_branch_sees_detached_image_tokens():
 
 def test_model_arguments_are_parsed():
     assert parse_model_args(["refine_iters:int=2", "charset_test:str=abc", "decode_ar:bool=False",
-                             "cross_loss_w:float=0.5"]) == {
-        "refine_iters": 2, "charset_test": "abc", "decode_ar": False, "cross_loss_w": 0.5}
+                             "cross_loss_w:float=0.5", "block_ids:list=[1,3, 5]"]) == {
+        "refine_iters": 2, "charset_test": "abc", "decode_ar": False, "cross_loss_w": 0.5, "block_ids": [1, 3, 5]}
     with pytest.raises(ValueError, match="name:type=value"):
         parse_model_args(["refine_iters=2"])
 
@@ -357,7 +357,7 @@ class _Payload:
 def test_checkpoints_cannot_run_code(tmp_path):
     path = tmp_path / "evil.ckpt"
     torch.save({"state_dict": {}, "hyper_parameters": {"x": _Payload()}}, path)
-    with pytest.raises(InvalidCheckpointError, match="refusing to load '.*print'"):
+    with pytest.raises(InvalidCheckpointError, match=r"refusing to load .*evil\.ckpt.*GLOBAL print"):
         load_from_checkpoint(path)
 
 

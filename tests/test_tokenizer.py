@@ -4,7 +4,7 @@ import torch
 import torch.nn.functional as F
 
 from strhub.data.utils import CHARSET_36, CHARSET_94, CharsetAdapter, Tokenizer, load_charset
-from strhub.models.clip4str.clip import CaptionTokenizer
+from strhub.models.clip import CaptionTokenizer
 
 
 def _one_hot(tokenizer: Tokenizer, ids):

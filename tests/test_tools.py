@@ -20,7 +20,8 @@ REPO = Path(__file__).resolve().parents[1]
 IMAGES = REPO.parent / "shared" / "data" / "real" / "images"
 
 
-@pytest.mark.parametrize("tool", ["create_lmdb", "inspect_lmdb", "render_words", "build_charset"])
+@pytest.mark.parametrize("tool", ["create_lmdb", "inspect_lmdb", "render_words", "build_charset", "filter_lmdb",
+                                  "build_dataset", "compare_runs"])
 def test_every_tool_runs_as_a_module_with_help(tool, monkeypatch, capsys):
     monkeypatch.setattr(sys, "argv", [tool, "--help"])
     monkeypatch.delitem(sys.modules, f"strhub.tools.{tool}", raising=False)  # run it fresh, as `python -m` does

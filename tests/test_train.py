@@ -1,55 +1,20 @@
 """train.py run as a user runs it, on the tiny config and a few rendered words: checkpoints and logs of a run,
-resuming a run stopped mid-epoch, two-process DDP on the CPU, fine-tuning with a charset file and testing after
+resuming a run killed mid-epoch, two-process DDP on the CPU, fine-tuning with a charset file and testing after
 training."""
 import csv
 import re
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import List
 
-import pytest
-import torch
 import yaml
 
+from runs import global_step, train, train_command
 from strhub.data.utils import CHARSET_94
-from strhub.tools import render_words
-from strhub.tools.create_lmdb import write_lmdb
 
-REPO = Path(__file__).resolve().parents[1]
-TEST_IMAGES = REPO / "misc" / "test_images"
 CHECKPOINT_NAME = re.compile(r"epoch=\d+-step=\d+-val_accuracy=\d+\.\d{4}-val_NED=\d+\.\d{4}\.ckpt")
-
-
-@pytest.fixture(scope="module")
-def data_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """64 rendered training words (4 batches of 16), 16 validation words, and test/SVT from misc/test_images."""
-    root = tmp_path_factory.mktemp("data")
-    render_words.main([str(root), "--train", "64", "--val", "16", "--test", "0"])
-    lines = (TEST_IMAGES / "labels.tsv").read_text().splitlines()
-    write_lmdb(root / "test" / "SVT", [((TEST_IMAGES / name).read_bytes(), label)
-                                      for name, label in (line.split("\t") for line in lines)])
-    return root
-
-
-def train_args(data_root: Path, run_dir: Path, *overrides: str) -> List[str]:
-    return [sys.executable, "train.py", "+experiment=tiny", "dataset=custom", f"data.root_dir={data_root}",
-            "data.num_workers=0", "model.batch_size=16", "trainer.accelerator=cpu", "trainer.devices=1",
-            "trainer.precision=32", "trainer.val_check_interval=2", "trainer.num_sanity_val_steps=0",
-            "trainer.log_every_n_steps=1", f"hydra.run.dir={run_dir}", *overrides]
-
-
-def train(data_root: Path, run_dir: Path, *overrides: str) -> subprocess.CompletedProcess:
-    proc = subprocess.run(train_args(data_root, run_dir, *overrides), cwd=REPO, capture_output=True, text=True,
-                          timeout=900)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
-    return proc
-
-
-def global_step(path: Path) -> int:
-    return torch.load(path, map_location="cpu", weights_only=False)["global_step"]
 
 
 def logged_loss_steps(run_dir: Path, version: int = 0) -> List[int]:
@@ -60,38 +25,55 @@ def logged_loss_steps(run_dir: Path, version: int = 0) -> List[int]:
 
 def test_run_writes_checkpoints_logs_and_config(data_root: Path, tmp_path: Path) -> None:
     run_dir = tmp_path / "run"
-    train(data_root, run_dir, "trainer.max_steps=2")
+    train(data_root, run_dir, "trainer.max_steps=3")
     names = sorted(p.name for p in (run_dir / "checkpoints").iterdir())
     assert len(names) == 2 and "last.ckpt" in names and CHECKPOINT_NAME.fullmatch(names[0]), names
     assert names[0].startswith("epoch=0-step=2-")
-    assert global_step(run_dir / "checkpoints" / "last.ckpt") == 2
-    config = yaml.safe_load((run_dir / "config.yaml").read_text())
+    assert global_step(run_dir / "checkpoints" / "last.ckpt") == 3  # the end of training, after the last validation
+    text = (run_dir / "config.yaml").read_text()
+    config = yaml.safe_load(text)
     assert config["data"]["root_dir"] == str(data_root) and config["model"]["name"] == "vl4str-tiny"
-    assert "${" not in (run_dir / "config.yaml").read_text()
-    assert list(run_dir.glob("events.out.tfevents.*")) and logged_loss_steps(run_dir) == [0, 1]
+    assert "${" not in text and text.startswith("# python train.py +experiment=tiny ")
+    assert list(run_dir.glob("events.out.tfevents.*")) and logged_loss_steps(run_dir) == [0, 1, 2]
     assert "lr-AdamW" in (run_dir / "csv" / "version_0" / "metrics.csv").read_text()
     assert re.search(r"step 2: loss \d+\.\d+, val_loss \d+\.\d+, val_accuracy", (run_dir / "train.log").read_text())
 
 
-def test_interrupted_run_resumes_from_last_ckpt_at_its_step(data_root: Path, tmp_path: Path) -> None:
-    run_dir = tmp_path / "run"
-    settings = ["trainer.max_steps=8", "trainer.val_check_interval=1"]
-    proc = subprocess.Popen(train_args(data_root, run_dir, *settings), cwd=REPO, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
-    last = run_dir / "checkpoints" / "last.ckpt"
+def test_killed_run_resumes_in_its_folder_from_its_latest_validation(data_root: Path, tmp_path: Path) -> None:
+    """kill -9 after the second validation (the tiny model's accuracy stays 0, so that one is no new best); the
+    default run folder, under the working directory, is taken up again by the resumed run."""
+    proc = subprocess.Popen(train_command(data_root, None, "trainer.max_steps=8"), cwd=tmp_path,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 600
-    while not last.exists() and proc.poll() is None and time.monotonic() < deadline:
+    while proc.poll() is None and time.monotonic() < deadline:
+        lasts = list(tmp_path.glob("outputs/vl4str-tiny/*/checkpoints/last.ckpt"))
+        if lasts and global_step(lasts[0]) >= 4:
+            proc.kill()
         time.sleep(0.05)
-    proc.send_signal(signal.SIGINT)  # Ctrl-C in the middle of the first epoch
-    proc.wait(timeout=120)
+    assert proc.wait(timeout=60) == -signal.SIGKILL, "the run ended before its second validation was saved"
+    (run_dir,) = tmp_path.glob("outputs/vl4str-tiny/*")
+    last = run_dir / "checkpoints" / "last.ckpt"
     stopped_at = global_step(last)
-    assert 1 <= stopped_at < 8
+    assert stopped_at in (4, 6)  # validations at 2, 4, 6, 8
+    orphan = last.with_name(".last.ckpt.0f0f0f0f.partial")  # what a write killed halfway leaves
+    orphan.write_bytes(b"\0" * 1024)
+    first_config = (run_dir / "config.yaml").read_text()
 
-    proc = train(data_root, tmp_path / "elsewhere", *settings, f"ckpt_path={last}")
-    assert f"Restoring states from the checkpoint path at {last}" in proc.stdout + proc.stderr
-    assert global_step(last) == 8
+    proc = train(data_root, None, "trainer.max_steps=8", f"ckpt_path={last}", cwd=tmp_path)
+    output = proc.stdout + proc.stderr
+    assert f"Restoring states from the checkpoint path at {last}" in output
+    assert global_step(last) == 8 and [p.name for p in tmp_path.glob("outputs/vl4str-tiny/*")] == [run_dir.name]
     resumed = logged_loss_steps(run_dir, version=1)  # logs continue in the same run folder
     assert len(resumed) == 8 - stopped_at and min(resumed) >= stopped_at, resumed
+    assert not orphan.exists() and f"Removed {orphan}" in output
+    assert (run_dir / "config.yaml").read_text() == first_config and (run_dir / "config_1.yaml").is_file()
+    assert "step 8: loss" in (run_dir / "train.log").read_text()
+
+    proc = train(data_root, tmp_path / "elsewhere", "trainer.max_steps=12", f"ckpt_path={last}", returncode=1)
+    output = proc.stdout + proc.stderr
+    assert "holds a learning-rate schedule of 8 steps and this run would train to step 12" in output
+    assert f"pretrained={last}" in output and global_step(last) == 8
+    assert "TrainingError" in (run_dir / "train.log").read_text()  # the run's log, not elsewhere/train.log
 
 
 def test_two_process_ddp_on_cpu_scales_step_settings(data_root: Path, tmp_path: Path) -> None:
@@ -115,4 +97,5 @@ def test_fine_tune_with_a_charset_file_and_test_after_training(data_root: Path, 
     assert yaml.safe_load((run_dir / "config.yaml").read_text())["model"]["charset_train"] == CHARSET_94
     assert re.search(r"^\| SVT      \|        10 \|", proc.stdout, re.M)
     best = next(p for p in (run_dir / "checkpoints").iterdir() if CHECKPOINT_NAME.fullmatch(p.name))
-    assert Path(f"{best}.log_newTrue.md").is_file() and Path(f"{best}.log_newTrue.json").is_file()
+    (markdown,) = best.parent.glob(f"{best.name}.log_newTrue.*.md")
+    assert markdown.with_suffix(".json").is_file()

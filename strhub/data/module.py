@@ -23,10 +23,8 @@ class SceneTextDataModule(pl.LightningDataModule):
     dropped from their batch (a batch with none left is None, which Lightning skips in training).
     """
 
-    TEST_BENCHMARK_SUB = ("IIIT5k", "SVT", "IC13_1015", "IC15_1811", "IC15_2077", "SVTP", "CUTE80", "HOST", "WOST")
-    TEST_BENCHMARK = ("IIIT5k", "SVT", "IC13_1015", "IC15_1811", "IC15_2077", "SVTP", "CUTE80", "HOST", "WOST")
-    TEST_NEW = ("ArT", "COCOv1.4", "Uber")
-    TEST_ALL = tuple(sorted(set(TEST_BENCHMARK_SUB + TEST_BENCHMARK + TEST_NEW)))
+    # The original's API: `SceneTextDataModule.get_transform(img_size, augment=False, rotation=0)`.
+    get_transform = staticmethod(get_transform)
 
     def __init__(self, root_dir: str, train_dir: str, img_size: Sequence[int], max_label_length: int,
                  charset_train: str, charset_test: str, batch_size: int, num_workers: int, augment: bool,

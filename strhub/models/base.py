@@ -1,13 +1,24 @@
-"""Evaluation shared by the scene-text systems: metrics per batch and their aggregation."""
+"""The Lightning systems' shared parts: evaluation (metrics per batch and their aggregation) and
+permutation-language-model training of a plain model, with the optimizer recipes of the families."""
+import math
 from dataclasses import dataclass
-from typing import List, Optional, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import pytorch_lightning as pl
+import torch
 import torch.nn.functional as F
 from nltk import edit_distance
-from torch import Tensor
+from torch import Tensor, nn
+from torch.optim.lr_scheduler import OneCycleLR
 
 from strhub.data.utils import CharsetAdapter, Tokenizer
+from strhub.models.plm import generate_permutations, permutation_loss, permutation_masks
+from strhub.models.recognizer import Recognizer
+
+# Each branch of a model: (loss weight, head, head inputs (N, T+1, D) per permutation).
+Branches = List[Tuple[float, nn.Module, List[Tensor]]]
+# A parameter whose name holds one of these (or that has fewer than two dimensions) gets no weight decay.
+NO_DECAY_MARKERS = ("bn", "ln", "bias", "logit_scale", "pos_queries", "text_embed")
 
 
 @dataclass
@@ -104,3 +115,91 @@ class CrossEntropySystem(pl.LightningModule):
         if loss is not None:
             self.log("val_loss", loss, sync_dist=True)
         self.log("hp_metric", accuracy, sync_dist=True)
+
+
+class PLMSystem(CrossEntropySystem):
+    """Trains its plain model `self.model` (a `Recognizer`) with permutation language modelling:
+    `perm_num` permutations per batch (forward and reverse first, mirrored pairs when
+    `perm_mirrored`). Subclasses build the model and choose the optimizer."""
+
+    model: Recognizer
+
+    def __init__(self, charset_train: str, charset_test: str, batch_size: int, lr: float, warmup_pct: float,
+                 weight_decay: float, perm_num: int, perm_forward: bool, perm_mirrored: bool) -> None:
+        super().__init__(charset_train, charset_test, batch_size, lr, warmup_pct, weight_decay)
+        if perm_mirrored and perm_num % 2:
+            raise ValueError(f"perm_num must be even when perm_mirrored is set, got {perm_num}")
+        self.perm_num = perm_num
+        self.perm_forward = perm_forward
+        self.perm_mirrored = perm_mirrored
+
+    def forward(self, images: Tensor, max_length: Optional[int] = None) -> Tensor:
+        return self.model(images, max_length)
+
+    def gen_tgt_perms(self, tgt: Tensor) -> Tensor:
+        """The permutations (P, T+2) of a batch of encoded targets (N, T+2)."""
+        return generate_permutations(tgt.shape[1] - 2, self.perm_num, self.perm_forward, self.perm_mirrored,
+                                     tgt.device)
+
+    def training_step(self, batch: Tuple[Tensor, List[str]], batch_idx: int) -> Tensor:
+        images, labels = batch
+        tgt = self.tokenizer.encode(labels, self.device)
+        content_masks, query_masks = permutation_masks(self.gen_tgt_perms(tgt))
+        tgt_in, tgt_out = tgt[:, :-1], tgt[:, 1:]
+        padding = (tgt_in == self.pad_id) | (tgt_in == self.eos_id)
+        branches = self.branch_features(images, tgt_in, content_masks, query_masks, padding)
+        loss = permutation_loss(branches, tgt_out, self.eos_id, self.pad_id)
+        self.log("loss", loss, prog_bar=True)
+        return loss
+
+    def branch_features(self, images: Tensor, tgt_in: Tensor, content_masks: Tensor, query_masks: Tensor,
+                        padding: Tensor) -> Branches:
+        """(loss weight, head, head inputs per permutation) of each branch: here the one decoder of PARSeq's
+        layout."""
+        model = self.model
+        memory_kv = model.memory_kv(model.encode(images))
+        return [(1.0, model.head, [model.features(tgt_in, memory_kv, None, query_masks[k], content_masks[k], padding)
+                                   for k in range(len(query_masks))])]
+
+    def linear_lr(self) -> float:
+        """The base learning rate scaled by the effective batch / 512 (CLIP4STR's rule)."""
+        trainer = self.trainer
+        return self.lr * trainer.accumulate_grad_batches * trainer.world_size * self.batch_size / 512
+
+    def sqrt_lr(self) -> float:
+        """The base learning rate scaled by accumulation x sqrt(processes) x batch / 256 (PARSeq's rule)."""
+        trainer = self.trainer
+        return self.lr * trainer.accumulate_grad_batches * math.sqrt(trainer.world_size) * self.batch_size / 256
+
+    def adamw_one_cycle(self, groups: Sequence[Dict[str, Any]], **adamw: Any) -> Dict[str, Any]:
+        """AdamW over parameter `groups` (each with its `lr`) under a OneCycle schedule that peaks at
+        each group's lr after `warmup_pct` of the steps, stepped every optimizer step."""
+        optimizer = torch.optim.AdamW(groups, fused=self.device.type in ("cuda", "cpu"), **adamw)
+        scheduler = OneCycleLR(optimizer, [group["lr"] for group in groups], self.trainer.estimated_stepping_batches,
+                               pct_start=self.warmup_pct, cycle_momentum=False)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    def two_rate_adamw(self, lr: float, encoder: Sequence[List[Tensor]], decoder: Sequence[List[Tensor]],
+                       coef_lr: float, coef_wd: float) -> Dict[str, Any]:
+        """CLIP4STR's optimizer: AdamW (betas 0.9/0.98, eps 1e-6) over the encoder's parameters without and
+        with weight decay at `lr`, and the decoder's at `coef_lr` times that (weight decay x `coef_wd`)."""
+        (encoder_plain, encoder_decay), (decoder_plain, decoder_decay) = encoder, decoder
+        return self.adamw_one_cycle([
+            {"params": encoder_plain, "weight_decay": 0.0, "lr": lr},
+            {"params": encoder_decay, "weight_decay": self.weight_decay, "lr": lr},
+            {"params": decoder_plain, "weight_decay": 0.0, "lr": lr * coef_lr},
+            {"params": decoder_decay, "weight_decay": self.weight_decay * coef_wd, "lr": lr * coef_lr},
+        ], betas=(0.9, 0.98), eps=1e-6)
+
+    def optimizer_zero_grad(self, epoch: int, batch_idx: int, optimizer: torch.optim.Optimizer) -> None:
+        optimizer.zero_grad(set_to_none=True)
+
+
+def split_decay(named_params: Sequence[Tuple[str, Tensor]]) -> Tuple[List[Tensor], List[Tensor]]:
+    """The trainable parameters without and with weight decay (see `NO_DECAY_MARKERS`)."""
+    plain: List[Tensor] = []
+    decay: List[Tensor] = []
+    for name, param in named_params:
+        if param.requires_grad:
+            (decay if param.ndim >= 2 and not any(marker in name for marker in NO_DECAY_MARKERS) else plain).append(param)
+    return plain, decay

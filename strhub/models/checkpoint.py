@@ -1,103 +1,38 @@
-"""The model configs, and CLIP4STR checkpoints (including the original's released files) read into the
-plain model. Nothing here needs Lightning, so inference (`read.py`, the speed benchmark) runs without it.
+"""Checkpoints of every model family, including the original's released files, read into the plain
+model. Nothing here needs Lightning, so inference (`read.py`, the speed benchmark) runs without it.
+
+The family is told by the tensors a checkpoint holds (`strhub.models.registry`), the architecture is
+read off their shapes, and the other settings come from the checkpoint's hyper-parameters or, for a
+plain state dict, from the registered config whose shapes match (keyword overrides win).
 """
-import collections
 import functools
-import pathlib
-import pickle
+import logging
 import re
+import warnings
 from pathlib import Path
-from types import ModuleType
-from typing import Any, Dict, Mapping, Optional, Tuple, Union
+from typing import Any, Dict, FrozenSet, Mapping, Tuple, Union
 
 import torch
-from omegaconf import OmegaConf
-from torch import Tensor
+from torch import Tensor, nn
 
-from strhub.models.clip4str.clip import arch_from_state_dict, count_blocks
-from strhub.models.clip4str.model import CLIP4STR, build_model
 from strhub.models.layout import return_freed_memory
+from strhub.models.registry import (FAMILIES, Family, check_keys, experiment_family, experiments, known_settings,
+                                    model_config, without_weight_files)
+from strhub.models.safe_load import InvalidCheckpointError, safe_load
+from strhub.models.state_dicts import sub_state_dict
 
-CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs"
+log = logging.getLogger(__name__)
 
-# Values the original's model class falls back on for keys that a Lightning checkpoint's
-# hyper-parameters lack (older checkpoints predate some keys); they differ from the YAML defaults.
-LEGACY_FALLBACKS = {"use_language_model": False, "context_length": 20, "text_freeze_nlayer": -1, "coef_lr": 1.0}
-
-PREFIXES = ("model.", "")
-
-
-class InvalidCheckpointError(ValueError):
-    """The file is not a CLIP4STR checkpoint."""
-
-
-def model_config(experiment: Optional[str] = None, config_dir: Path = CONFIG_DIR) -> Dict[str, Any]:
-    """The `model` section of `main.yaml` with the default charset and model configs and, optionally,
-    an experiment's overrides, resolved to plain data (no Hydra run needed)."""
-    if not (config_dir / "main.yaml").is_file():
-        raise FileNotFoundError(f"config directory {config_dir} has no main.yaml; install strhub from its "
-                                f"source tree (pip install -e .) so that configs/ sits beside the package")
-    main = OmegaConf.load(config_dir / "main.yaml")
-    defaults = {key: value for entry in main.get("defaults", []) if not isinstance(entry, str)
-                for key, value in entry.items()}
-    parts = [OmegaConf.create({"model": main.model}),
-             OmegaConf.load(config_dir / "charset" / f"{defaults['charset']}.yaml"),
-             OmegaConf.create({"model": OmegaConf.load(config_dir / "model" / f"{defaults['model']}.yaml")})]
-    if experiment:
-        path = config_dir / "experiment" / f"{experiment}.yaml"
-        if not path.is_file():
-            names = sorted(p.stem for p in (config_dir / "experiment").glob("*.yaml"))
-            raise ValueError(f"unknown experiment {experiment!r}; known: {', '.join(names)}")
-        parts.append(OmegaConf.load(path))
-    merged = OmegaConf.merge(*parts)
-    config = OmegaConf.to_container(merged.model, resolve=True)
-    return {k: v for k, v in config.items() if not k.startswith("_")}
-
-
-class _CheckpointUnpickler(pickle.Unpickler):
-    """Unpickles only what PyTorch's weights-only loader allows, plus Lightning's `AttributeDict`
-    (read as a dict), which the weights-only loader cannot rebuild."""
-
-    def find_class(self, module: str, name: str) -> Any:
-        if name == "AttributeDict" and "lightning" in module:
-            return dict
-        allowed = _allowed_globals()
-        if f"{module}.{name}" in allowed:
-            return allowed[f"{module}.{name}"]
-        raise pickle.UnpicklingError(f"refusing to load '{module}.{name}' from a checkpoint")
-
-
-_restricted_pickle = ModuleType("strhub_restricted_pickle")
-_restricted_pickle.Unpickler = _CheckpointUnpickler
-_restricted_pickle.load = pickle.load
-
-
-@functools.lru_cache(maxsize=None)
-def _allowed_globals() -> Dict[str, Any]:
-    from torch._weights_only_unpickler import _get_allowed_globals
-
-    allowed = dict(_get_allowed_globals())
-    allowed.update({f"{cls.__module__}.{cls.__qualname__}": cls
-                    for cls in (collections.defaultdict, pathlib.PosixPath, pathlib.WindowsPath)})
-    return allowed
+PREFIXES = ("model.", "")  # our Lightning systems hold the plain model as `model`, the original's not always
+# Tensors whose shapes follow the charset and the maximum label length, not the architecture.
+CHARSET_TENSORS = ("head.weight", "head.bias", "text_embed.embedding.weight", "pos_queries")
 
 
 def read_checkpoint(path: Union[str, Path]) -> Tuple[Dict[str, Tensor], Dict[str, Any]]:
-    """The state dict and hyper-parameters (empty for a plain state dict) of a checkpoint file, read
-    with `weights_only=True`, or, for Lightning files whose hyper-parameters are an `AttributeDict`,
-    with an unpickler restricted to the same classes."""
+    """The state dict and hyper-parameters (empty for a plain state dict) of a checkpoint file, read with
+    `safe_load` (PyTorch's weights-only reader)."""
     path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"checkpoint not found: {path}")
-    try:
-        try:
-            checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-        except pickle.UnpicklingError:
-            checkpoint = torch.load(path, map_location="cpu", weights_only=False, pickle_module=_restricted_pickle)
-    except pickle.UnpicklingError as err:
-        raise InvalidCheckpointError(f"{path} could not be read as a safe PyTorch checkpoint: {err}") from err
-    except (RuntimeError, EOFError, OSError) as err:
-        raise InvalidCheckpointError(f"{path} is not a readable PyTorch checkpoint: {err}") from err
+    checkpoint = safe_load(path)
     if not isinstance(checkpoint, Mapping):
         raise InvalidCheckpointError(f"{path} holds a {type(checkpoint).__name__}, not a checkpoint dict")
     state_dict = checkpoint.get("state_dict", checkpoint)
@@ -107,75 +42,121 @@ def read_checkpoint(path: Union[str, Path]) -> Tuple[Dict[str, Tensor], Dict[str
     return dict(state_dict), hparams
 
 
-def strip_prefix(state_dict: Mapping[str, Tensor], path: Path) -> Dict[str, Tensor]:
-    """The state dict in the model's own layout: ours under `model.`, the original's at the top."""
+def identify(state_dict: Mapping[str, Tensor], path: Path) -> Tuple[Family, Dict[str, Tensor]]:
+    """The family of a checkpoint's state dict, and the state dict in the plain model's layout
+    (ours is under `model.`, the original's at the top)."""
     for prefix in PREFIXES:
-        if f"{prefix}clip_model.visual.proj" in state_dict and f"{prefix}visual_decoder.head.weight" in state_dict:
-            return {k[len(prefix):]: v for k, v in state_dict.items() if k.startswith(prefix)}
+        stripped = sub_state_dict(state_dict, prefix)
+        for family in FAMILIES.values():
+            if family.matches(stripped):
+                return family, stripped
     sample = ", ".join(list(state_dict)[:5])
-    raise InvalidCheckpointError(f"{path} is not a CLIP4STR checkpoint: no 'clip_model.visual.proj' and "
-                                 f"'visual_decoder.head.weight' tensors (its keys start with: {sample})")
+    raise InvalidCheckpointError(f"{path} is not a checkpoint of a known model family ({', '.join(FAMILIES)}): "
+                                 f"none of their tensors are there (its keys start with: {sample})")
 
 
-def config_from_state_dict(state_dict: Mapping[str, Tensor], hparams: Mapping[str, Any],
-                           overrides: Mapping[str, Any]) -> Dict[str, Any]:
-    """Architecture settings read off the tensors of a CLIP4STR state dict."""
-    clip_sd = {k[len("clip_model."):]: v for k, v in state_dict.items() if k.startswith("clip_model.")}
-    img_size = overrides.get("img_size", hparams.get("img_size"))
-    decoder = {k[len("visual_decoder."):]: v for k, v in state_dict.items() if k.startswith("visual_decoder.")}
-    width = decoder["pos_queries"].shape[-1]
-    return {
-        "clip_pretrained": None,
-        "clip_arch": arch_from_state_dict(clip_sd, img_size),
-        "max_label_length": decoder["pos_queries"].shape[1] - 1,
-        "dec_depth": count_blocks(decoder, "layers."),
-        "dec_mlp_ratio": decoder["layers.0.linear1.weight"].shape[0] // width,
-        "use_language_model": "cross_decoder.head.weight" in state_dict,
-        "use_share_dim": width == clip_sd["text_projection"].shape[1],
-    }
+def architecture(state_dict: Mapping[str, Tensor]) -> FrozenSet[Tuple[str, Tuple[int, ...]]]:
+    """The (key, shape) pairs of a state dict that depend on the architecture alone."""
+    return frozenset((key, tuple(value.shape)) for key, value in state_dict.items() if not key.endswith(CHARSET_TENSORS))
 
 
-def read_model_checkpoint(path: Path, overrides: Mapping[str, Any]) -> Tuple[Dict[str, Tensor], Dict[str, Any]]:
-    """The model's state dict (floating tensors as float32) and its full model config: settings come
-    from the checkpoint's hyper-parameters where it has them, else from the configs; the
+@functools.lru_cache(maxsize=None)
+def experiment_architecture(experiment: str) -> FrozenSet[Tuple[str, Tuple[int, ...]]]:
+    """The architecture of an experiment config's model (built on the meta device)."""
+    config = model_config(experiment)
+    config.update(without_weight_files(config))
+    with torch.device("meta"):
+        return architecture(experiment_family(experiment).build_model(config).state_dict())
+
+
+def registered_settings(family: Family, state_dict: Mapping[str, Tensor], path: Path,
+                        overrides: Mapping[str, Any]) -> Dict[str, Any]:
+    """For a plain state dict, the settings its tensors cannot tell (`family.unreadable`), from the
+    experiment configs whose architecture it has; with none, the family's defaults (with a warning).
+    Configs that match but disagree make it ambiguous: an error says which override to give."""
+    shape = architecture(state_dict)
+    matches = [name for name in experiments() if experiment_family(name) is family
+               and experiment_architecture(name) == shape]
+    missing = [key for key in family.unreadable if key not in overrides]
+    if not matches:
+        defaults = model_config(model=family.name)
+        if missing:
+            warnings.warn(f"{path}: a {family.name} state dict that matches no experiment config; assuming "
+                          f"{', '.join(f'{key}={defaults[key]!r}' for key in missing)} (pass them as overrides "
+                          f"if it was trained with other values)", stacklevel=3)
+        return {}
+    configs = {name: model_config(name) for name in matches}
+    settings = {"name": configs[matches[0]]["name"]}
+    for key in family.unreadable:
+        values = {name: config[key] for name, config in configs.items()}
+        if key in missing and len({repr(value) for value in values.values()}) > 1:
+            choices = ", ".join(f"{name}: {key}={value!r}" for name, value in values.items())
+            raise InvalidCheckpointError(f"{path}: its tensors fit several configs that differ in {key} ({choices}); "
+                                         f"pass {key}=<value>")
+        settings[key] = values[matches[0]]
+    return settings
+
+
+def read_model_checkpoint(path: Path, overrides: Mapping[str, Any]) -> Tuple[Family, Dict[str, Tensor], Dict[str, Any]]:
+    """The family, the model's state dict (floating tensors as float32) and its full config: settings
+    come from the checkpoint's hyper-parameters where it has them, else from the configs; the
     architecture is read off the tensors, and `overrides` win over both."""
     state_dict, hparams = read_checkpoint(path)
-    state_dict = strip_prefix(state_dict, path)
-    config = model_config()
+    family, state_dict = identify(state_dict, path)
+    check_keys(overrides, known_settings(family), f"setting for a {family.name} model")
+    config = model_config(model=family.name)
     if hparams:
-        config.update({k: v for k, v in LEGACY_FALLBACKS.items() if k not in hparams})
+        config.update({key: value for key, value in family.legacy_fallbacks.items() if key not in hparams})
         config.update(hparams)
-    config.update(config_from_state_dict(state_dict, hparams, overrides))
+    else:
+        config.update(registered_settings(family, state_dict, path, overrides))
+    config.update(family.settings_from_state_dict(state_dict, overrides.get("img_size", config.get("img_size"))))
     config.update(overrides)
-    num_classes = state_dict["visual_decoder.head.weight"].shape[0]
+    num_classes = state_dict["head.weight" if "head.weight" in state_dict else "visual_decoder.head.weight"].shape[0]
     if len(config["charset_train"]) != num_classes - 1:
         raise InvalidCheckpointError(
             f"{path} predicts {num_classes - 1} characters but charset_train has {len(config['charset_train'])}; "
             f"pass charset_train=<the training charset> to load it")
-    return {k: v.float() if v.is_floating_point() else v for k, v in state_dict.items()}, config
+    return family, {k: v.float() if v.is_floating_point() else v for k, v in state_dict.items()}, config
 
 
-def assign_weights(model: CLIP4STR, state_dict: Mapping[str, Tensor], path: Path) -> None:
+def build_on_meta(build: Any, config: Mapping[str, Any], family: Family, path: Path) -> nn.Module:
+    """`build(config)` on the meta device (no weights are allocated until the checkpoint's are assigned)."""
+    try:
+        with torch.device("meta"):
+            return build(config)
+    except (AssertionError, ValueError, RuntimeError) as err:
+        raise InvalidCheckpointError(f"{path}: cannot build the {family.name} model it describes ({err}); "
+                                     f"{_settings_hint(family)}") from err
+
+
+def _settings_hint(family: Family) -> str:
+    return (f"if it was trained with other settings than those assumed, pass them as overrides "
+            f"({', '.join(f'{key}=...' for key in family.unreadable)})")
+
+
+def assign_weights(model: nn.Module, state_dict: Mapping[str, Tensor], family: Family, path: Path) -> None:
     """Makes the checkpoint's tensors the parameters of `model` (built on the meta device: no
     second copy is ever made)."""
     try:
         model.load_state_dict(state_dict, strict=True, assign=True)
     except RuntimeError as err:
-        raise InvalidCheckpointError(f"{path} does not fit the model it describes: {err}") from err
-    clip = model.clip_model
-    clip.attn_mask = torch.full(clip.attn_mask.shape, float("-inf")).triu(1)  # open_clip's unsaved buffer
-
-
-def load_model(checkpoint_path: Union[str, Path], **overrides: Any) -> CLIP4STR:
-    """The plain CLIP4STR module of a checkpoint (a Lightning `.ckpt`, ours or the original's, or a
-    state dict in the original's key layout), for inference. No CLIP weight file is needed."""
-    path = Path(checkpoint_path)
-    state_dict, config = read_model_checkpoint(path, overrides)
-    with torch.device("meta"):
-        model = build_model(config)
-    assign_weights(model, state_dict, path)
+        raise InvalidCheckpointError(f"{path} does not fit the model it describes: {err}; "
+                                     f"{_settings_hint(family)}") from err
+    clip = getattr(model, "clip_model", None)
+    if clip is not None:  # open_clip's causal mask is an unsaved buffer
+        clip.attn_mask = torch.full(clip.attn_mask.shape, float("-inf")).triu(1)
     model.to("cpu")
     return_freed_memory()
+
+
+def load_model(checkpoint_path: Union[str, Path], **overrides: Any) -> nn.Module:
+    """The plain model of a checkpoint of any family (a Lightning `.ckpt`, ours or the original's, or
+    a state dict in the original's key layout), for inference. No CLIP weight file is needed."""
+    path = Path(checkpoint_path)
+    family, state_dict, config = read_model_checkpoint(path, overrides)
+    model = build_on_meta(family.build_model, config, family, path)
+    assign_weights(model, state_dict, family, path)
     return model
 
 
@@ -183,10 +164,19 @@ _VAL_ACCURACY = re.compile(r"val_accuracy=(\d+(?:\.\d+)?)")
 
 
 def best_checkpoint(folder: Path) -> Path:
-    """The checkpoint with the highest `val_accuracy=` in its name, in `folder` or `folder/checkpoints`
-    (the first in name order on ties)."""
+    """The readable checkpoint with the highest `val_accuracy=` in its name, in `folder` or `folder/checkpoints`
+    (the first in name order on ties). Unreadable ones (a write cut short) are skipped with a warning naming them."""
     candidates = sorted(folder.glob("*.ckpt")) + sorted(folder.glob("checkpoints/*.ckpt"))
     scored = [(float(m.group(1)), path) for path in candidates if (m := _VAL_ACCURACY.search(path.name))]
     if not scored:
         raise FileNotFoundError(f"no checkpoint named with val_accuracy=... in {folder} or {folder / 'checkpoints'}")
-    return max(scored, key=lambda item: item[0])[1]
+    unreadable = []
+    for _, path in sorted(scored, key=lambda item: -item[0]):
+        try:
+            safe_load(path, mmap=True)
+        except InvalidCheckpointError as err:
+            log.warning("skipping unreadable checkpoint %s: %s", path, err)
+            unreadable.append(path.name)
+            continue
+        return path
+    raise InvalidCheckpointError(f"no readable checkpoint in {folder}: {', '.join(unreadable)} cannot be read")

@@ -1,5 +1,10 @@
-"""The two-stream (query / content) decoder of PARSeq, as CLIP4STR bundles it: each decoder owns its
-token embedding, position queries, final norm and head.
+"""PARSeq's two-stream (query / content) decoder, shared by every model family, and the decoding
+passes built on it: greedy with a key/value cache, non-autoregressive, and cloze refinement.
+
+A `CharDecoder` is anything that has `layers`, `norm`, `text_embed`, `pos_queries`, `dropout` and
+`head`. The families keep them where their checkpoints name them: CLIP4STR bundles them in each of
+its two decoders (`Decoder`); PARSeq and STR-Adapter keep the layers and final norm in `decoder`
+(`DecoderStack`) and the rest on the model itself, which is then the `CharDecoder`.
 
 Attention runs through `scaled_dot_product_attention` on the weights of `nn.MultiheadAttention`
 modules (kept for their state-dict names). The keys and values of a decoder's memory are projected
@@ -52,6 +57,13 @@ def merge_masks(attn_mask: Optional[Tensor], padding_mask: Optional[Tensor]) -> 
     return padding if attn_mask is None else padding + attn_mask
 
 
+def cloze_mask(size: int, device: torch.device) -> Tensor:
+    """Additive (size, size) mask hiding only position r + 1 from row r."""
+    mask = torch.zeros(size, size, device=device)
+    mask.diagonal(1).fill_(float("-inf"))
+    return mask
+
+
 class DecoderLayer(nn.Module):
     """A pre-LN two-stream decoder layer: both streams share the attention and MLP weights."""
 
@@ -100,13 +112,33 @@ class TokenEmbedding(nn.Module):
         return math.sqrt(self.embed_dim) * self.embedding(tokens)
 
 
+def decoder_layers(embed_dim: int, num_heads: int, mlp_ratio: int, depth: int, dropout: float) -> nn.ModuleList:
+    return nn.ModuleList(DecoderLayer(embed_dim, num_heads, embed_dim * mlp_ratio, dropout) for _ in range(depth))
+
+
+def init_decoder_weights(module: nn.Module) -> None:
+    """The original's initialisation of a decoder's modules: truncated normal (std 0.02) for linear
+    weights (biases zero) and embeddings, unit LayerNorms; the attention input projections keep
+    PyTorch's defaults. Position queries are initialised apart."""
+    for sub in module.modules():
+        if isinstance(sub, nn.Linear):
+            nn.init.trunc_normal_(sub.weight, std=0.02)
+            if sub.bias is not None:
+                nn.init.zeros_(sub.bias)
+        elif isinstance(sub, nn.Embedding):
+            nn.init.trunc_normal_(sub.weight, std=0.02)
+        elif isinstance(sub, nn.LayerNorm):
+            nn.init.ones_(sub.weight)
+            nn.init.zeros_(sub.bias)
+
+
 class DecodeState:
     """What greedy decoding keeps between steps: the memory's keys and values, the content keys and
     values of past positions (they never see later ones, so they are fixed once computed), the
     scaled character embeddings, the first layer's queries (they depend on the position only) and
     each layer's attention weights split into their query and key-value parts."""
 
-    def __init__(self, decoder: "Decoder", memory_kv: List[KeyValue], num_steps: int) -> None:
+    def __init__(self, decoder: "CharDecoder", memory_kv: List[KeyValue], num_steps: int) -> None:
         key = memory_kv[0][0]
         batch, num_heads, _, head_dim = key.shape
         self.memory_kv = memory_kv
@@ -119,7 +151,7 @@ class DecodeState:
         self.weights = [_step_weights(layer) for layer in decoder.layers]
 
 
-def _step_weights(layer: "DecoderLayer") -> Tuple[Tensor, ...]:
+def _step_weights(layer: DecoderLayer) -> Tuple[Tensor, ...]:
     """The query and key-value halves of a layer's self-attention input projection, and the query
     part of its cross-attention one."""
     dim = layer.self_attn.embed_dim
@@ -128,34 +160,16 @@ def _step_weights(layer: "DecoderLayer") -> Tuple[Tensor, ...]:
     return self_w[:dim], self_b[:dim], self_w[dim:], self_b[dim:], cross_w[:dim], cross_b[:dim]
 
 
-class Decoder(nn.Module):
-    """Embeds the context, runs the layers on the position queries and predicts a class per query."""
+class CharDecoder(nn.Module):
+    """The decoder's computation over `layers`, `norm`, `text_embed`, `pos_queries`, `dropout` and
+    `head`, which subclasses provide."""
 
-    def __init__(self, embed_dim: int, num_heads: int, mlp_ratio: int, depth: int, dropout: float,
-                 num_classes: int, charset_size: int, num_queries: int) -> None:
-        super().__init__()
-        self.layers = nn.ModuleList(
-            DecoderLayer(embed_dim, num_heads, embed_dim * mlp_ratio, dropout) for _ in range(depth))
-        self.text_embed = TokenEmbedding(charset_size, embed_dim)
-        self.pos_queries = nn.Parameter(torch.empty(1, num_queries, embed_dim))
-        self.norm = nn.LayerNorm(embed_dim)
-        self.dropout = nn.Dropout(dropout)
-        self.head = nn.Linear(embed_dim, num_classes)
-        self.reset_parameters()
-
-    def reset_parameters(self) -> None:
-        """The original's initialisation: truncated normal (std 0.02) for linear weights (biases zero),
-        embeddings and position queries; the attention input projections keep PyTorch's defaults."""
-        for module in self.modules():
-            if isinstance(module, nn.Linear):
-                nn.init.trunc_normal_(module.weight, std=0.02)
-                nn.init.zeros_(module.bias)
-            elif isinstance(module, nn.Embedding):
-                nn.init.trunc_normal_(module.weight, std=0.02)
-            elif isinstance(module, nn.LayerNorm):
-                nn.init.ones_(module.weight)
-                nn.init.zeros_(module.bias)
-        nn.init.trunc_normal_(self.pos_queries, std=0.02)
+    layers: nn.ModuleList
+    norm: nn.LayerNorm
+    text_embed: TokenEmbedding
+    pos_queries: nn.Parameter
+    dropout: nn.Dropout
+    head: nn.Linear
 
     def memory_kv(self, memory: Tensor) -> List[KeyValue]:
         """Each layer's cross-attention keys and values of `memory`."""
@@ -167,9 +181,9 @@ class Decoder(nn.Module):
         embedded = self.text_embed(tokens)
         return torch.cat([embedded[:, :1], embedded[:, 1:] + self.pos_queries[:, :tokens.shape[1] - 1]], dim=1)
 
-    def forward(self, tokens: Tensor, memory_kv: List[KeyValue], queries: Optional[Tensor] = None,
-                query_mask: Optional[Tensor] = None, content_mask: Optional[Tensor] = None,
-                padding_mask: Optional[Tensor] = None) -> Tensor:
+    def decode(self, tokens: Tensor, memory_kv: List[KeyValue], queries: Optional[Tensor] = None,
+               query_mask: Optional[Tensor] = None, content_mask: Optional[Tensor] = None,
+               padding_mask: Optional[Tensor] = None) -> Tensor:
         """Logits (N, Q, C) for the queries (default: the first L position queries) given the context
         `tokens` (N, L), BOS first. Masks are additive (Q, L) / (L, L); `padding_mask` is (N, L)."""
         return self.head(self.features(tokens, memory_kv, queries, query_mask, content_mask, padding_mask))
@@ -177,7 +191,7 @@ class Decoder(nn.Module):
     def features(self, tokens: Tensor, memory_kv: List[KeyValue], queries: Optional[Tensor] = None,
                  query_mask: Optional[Tensor] = None, content_mask: Optional[Tensor] = None,
                  padding_mask: Optional[Tensor] = None) -> Tensor:
-        """What `forward` gives the head (N, Q, D): training applies the head to the rows it needs, which
+        """What `decode` gives the head (N, Q, D): training applies the head to the rows it needs, which
         saves most of its cost with large charsets."""
         content = self.dropout(self.embed_content(tokens))
         if queries is None:
@@ -218,6 +232,67 @@ class Decoder(nn.Module):
                 content = _stream_rows(layer, content, content_q, self_kv, memory_kv, cross_q_w, cross_q_b)
             query = _stream_rows(layer, query, q, self_kv, memory_kv, cross_q_w, cross_q_b)
         return F.linear(_layer_norm(self.norm, query), self.head.weight, self.head.bias)
+
+
+class Decoder(CharDecoder):
+    """CLIP4STR's layout: a decoder that owns its layers, token embedding, position queries, final
+    norm and head (`visual_decoder.*`, `cross_decoder.*`)."""
+
+    def __init__(self, embed_dim: int, num_heads: int, mlp_ratio: int, depth: int, dropout: float,
+                 num_classes: int, charset_size: int, num_queries: int) -> None:
+        super().__init__()
+        self.layers = decoder_layers(embed_dim, num_heads, mlp_ratio, depth, dropout)
+        self.text_embed = TokenEmbedding(charset_size, embed_dim)
+        self.pos_queries = nn.Parameter(torch.empty(1, num_queries, embed_dim))
+        self.norm = nn.LayerNorm(embed_dim)
+        self.dropout = nn.Dropout(dropout)
+        self.head = nn.Linear(embed_dim, num_classes)
+        init_decoder_weights(self)
+        nn.init.trunc_normal_(self.pos_queries, std=0.02)
+
+
+class DecoderStack(nn.Module):
+    """PARSeq's `decoder`: the layers and the final norm (`decoder.layers.*`, `decoder.norm.*`)."""
+
+    def __init__(self, embed_dim: int, num_heads: int, mlp_ratio: int, depth: int, dropout: float) -> None:
+        super().__init__()
+        self.layers = decoder_layers(embed_dim, num_heads, mlp_ratio, depth, dropout)
+        self.norm = nn.LayerNorm(embed_dim)
+
+
+def greedy_decode(decoder: CharDecoder, memory_kv: List[KeyValue], tokens: Tensor, num_steps: int,
+                  stop_at: Optional[int] = None) -> Tensor:
+    """Greedy decoding that writes each step's argmax into `tokens` (N, S) after the BOS. With
+    `stop_at` (the EOS id) it stops once every sample of the batch has produced it."""
+    state = decoder.start(memory_kv, num_steps)
+    finished = torch.zeros(len(tokens), dtype=torch.bool, device=tokens.device)
+    logits = []
+    for i in range(num_steps):
+        step_logits = decoder.step(state, tokens[:, i], i)
+        logits.append(step_logits)
+        if i + 1 < num_steps:
+            tokens[:, i + 1] = step_logits.argmax(-1)
+            if stop_at is not None:
+                finished |= tokens[:, i + 1] == stop_at
+                if finished.all():
+                    break
+    return torch.stack(logits, dim=1)
+
+
+def parallel_decode(decoder: CharDecoder, memory_kv: List[KeyValue], bos: Tensor, num_steps: int) -> Tensor:
+    """Non-autoregressive decoding: every position query at once, with BOS as the only context."""
+    return decoder.decode(bos, memory_kv, decoder.pos_queries[:, :num_steps].expand(len(bos), -1, -1))
+
+
+def refine(decoder: CharDecoder, memory_kv: List[KeyValue], logits: Tensor, bos: Tensor, mask: Tensor,
+           eos_id: int) -> Tensor:
+    """One cloze pass over all position queries of `mask`, the context being the previous
+    prediction up to its first EOS."""
+    context = torch.cat([bos, logits[:, :-1].argmax(-1)], dim=1)
+    padding = (context == eos_id).cumsum(-1) > 0
+    length = context.shape[1]
+    queries = decoder.pos_queries[:, :mask.shape[0]].expand(len(context), -1, -1)
+    return decoder.decode(context, memory_kv, queries, mask[:, :length], mask[:length, :length], padding)
 
 
 def _layer_norm(norm: nn.LayerNorm, x: Tensor) -> Tensor:

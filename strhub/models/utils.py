@@ -1,41 +1,42 @@
-"""Building the Lightning system from configs and checkpoints (inference alone needs only
+"""Building the Lightning systems from configs and checkpoints (inference alone needs only
 `strhub.models.checkpoint`)."""
 from pathlib import Path
 from typing import Any, Optional, Union
 
-import torch
-
-from strhub.models.checkpoint import (InvalidCheckpointError, assign_weights, model_config, read_checkpoint,
-                                      read_model_checkpoint, strip_prefix)
-from strhub.models.clip4str.system import CLIP4STRSystem
-from strhub.models.layout import return_freed_memory
+from strhub.models.base import PLMSystem
+from strhub.models.checkpoint import (InvalidCheckpointError, assign_weights, build_on_meta, identify, read_checkpoint,
+                                      read_model_checkpoint)
+from strhub.models.registry import FAMILIES, check_keys, experiment_family, model_config
 
 
-def create_model(experiment: Optional[str] = None, **overrides: Any) -> CLIP4STRSystem:
-    """A fresh model from an experiment config (e.g. `vl4str`, `tiny`) and keyword overrides."""
+def create_model(experiment: Optional[str] = None, **overrides: Any) -> PLMSystem:
+    """A fresh system from an experiment config (e.g. `vl4str`, `tiny`, `parseq`, `str_adapter-mini`)
+    and keyword overrides (random CLIP weights when `clip_pretrained=None`)."""
     config = model_config(experiment)
+    check_keys(overrides, sorted(config), f"setting of experiment {experiment or 'default'!r}")
     config.update(overrides)
-    return CLIP4STRSystem(**config)
+    return experiment_family(experiment).system_class()(**config)
 
 
-def load_from_checkpoint(checkpoint_path: Union[str, Path], **overrides: Any) -> CLIP4STRSystem:
-    """The Lightning system of a checkpoint (see `strhub.models.checkpoint.load_model`), with its
-    hyper-parameters: for testing, or to go on training."""
+def load_from_checkpoint(checkpoint_path: Union[str, Path], **overrides: Any) -> PLMSystem:
+    """The Lightning system of a checkpoint of any family (see `strhub.models.checkpoint.load_model`),
+    with its hyper-parameters: for testing, or to go on training."""
     path = Path(checkpoint_path)
-    state_dict, config = read_model_checkpoint(path, overrides)
-    with torch.device("meta"):
-        system = CLIP4STRSystem(**config)
-    assign_weights(system.model, state_dict, path)
-    system.to("cpu")
-    return_freed_memory()
-    return system
+    family, state_dict, config = read_model_checkpoint(path, overrides)
+    system = build_on_meta(lambda settings: family.system_class()(**settings), config, family, path)
+    assign_weights(system.model, state_dict, family, path)
+    return system.to("cpu")  # Lightning's device of the system, built on the meta device
 
 
-def load_weights(model: CLIP4STRSystem, checkpoint_path: Union[str, Path]) -> None:
-    """Initialises every weight of `model` from a checkpoint (fine-tuning from a released file)."""
+def load_weights(system: PLMSystem, checkpoint_path: Union[str, Path]) -> None:
+    """Initialises every weight of `system` from a checkpoint of its family (fine-tuning from a
+    released file)."""
     path = Path(checkpoint_path)
-    state_dict = strip_prefix(read_checkpoint(path)[0], path)
+    family, state_dict = identify(read_checkpoint(path)[0], path)
+    expected = next(f for f in FAMILIES.values() if isinstance(system, f.system_class()))
+    if family is not expected:
+        raise InvalidCheckpointError(f"{path} is a {family.name} checkpoint; the model being trained is {expected.name}")
     try:
-        model.model.load_state_dict(state_dict, strict=True)
+        system.model.load_state_dict(state_dict, strict=True)
     except RuntimeError as err:
         raise InvalidCheckpointError(f"{path} does not fit this model: {err}") from err

@@ -6,41 +6,68 @@ images that do not decode are skipped with a warning naming the file and line.
 """
 import argparse
 import io
-import shutil
 import warnings
 from pathlib import Path
-from typing import Iterable, Iterator, List, Optional, Tuple
+from typing import Iterable, Iterator, List, Optional, Sequence, Tuple
 
 import lmdb
 from PIL import Image
 
-from strhub.tools.common import HelpFormatter, warnings_to_stderr
+from strhub.tools.common import HelpFormatter, atomic_directory, warnings_to_stderr
 
 MAP_SIZE = 1 << 40  # address space only: data.mdb grows with its content
 COMMIT_EVERY = 1000
 
 
-def write_lmdb(output: Path, records: Iterable[Tuple[bytes, str]], overwrite: bool = False) -> int:
-    """Write `(image bytes, label)` records as `image-%09d` / `label-%09d` (1-based) plus `num-samples`.
-    Returns the record count. An existing LMDB at `output` is an error unless `overwrite`."""
+def write_lmdb(output: Path, records: Iterable[Sequence], overwrite: bool = False) -> int:
+    """Write `(image bytes, label)` records as `image-%09d` / `label-%09d` (1-based) plus `num-samples`; a record
+    may carry a third item, its name (where it came from), stored under `name-%09d`. Returns the record count.
+    The LMDB is written in a hidden directory beside `output` and moved there once complete, so a crash leaves
+    nothing under `output`. An existing LMDB at `output` is an error unless `overwrite`."""
     output = Path(output)
-    if (output / "data.mdb").exists():
-        if not overwrite:
-            raise FileExistsError(f"{output / 'data.mdb'} exists; remove it or pass overwrite")
-        shutil.rmtree(output)
-    output.mkdir(parents=True, exist_ok=True)
+    if (output / "data.mdb").exists() and not overwrite:
+        raise FileExistsError(f"{output / 'data.mdb'} exists; remove it or pass overwrite")
     count = 0
-    with lmdb.open(str(output), map_size=MAP_SIZE) as env:
-        txn = env.begin(write=True)
-        for count, (image, label) in enumerate(records, start=1):
-            txn.put(f"image-{count:09d}".encode(), image)
-            txn.put(f"label-{count:09d}".encode(), label.encode("utf-8"))
-            if count % COMMIT_EVERY == 0:
-                txn.commit()
-                txn = env.begin(write=True)
-        txn.put(b"num-samples", str(count).encode())
-        txn.commit()
+    with atomic_directory(output, overwrite) as partial:
+        path = partial / "data.mdb.partial"  # not yet named data.mdb, so no dataset glob picks it up
+        with lmdb.open(str(path), map_size=MAP_SIZE, subdir=False) as env:
+            txn = env.begin(write=True)
+            for count, (image, label, *name) in enumerate(records, start=1):
+                txn.put(f"image-{count:09d}".encode(), image)
+                txn.put(f"label-{count:09d}".encode(), label.encode("utf-8"))
+                if name:
+                    txn.put(f"name-{count:09d}".encode(), name[0].encode("utf-8"))
+                if count % COMMIT_EVERY == 0:
+                    txn.commit()
+                    txn = env.begin(write=True)
+            txn.put(b"num-samples", str(count).encode())
+            txn.commit()
+        path.rename(partial / "data.mdb")
+        Path(f"{path}-lock").unlink(missing_ok=True)
     return count
+
+
+def count_records(root: Path) -> int:
+    """The record count (`num-samples`) of the LMDB at `root`."""
+    from strhub.data.dataset import read_num_samples, shared_env  # imports Lightning: only when reading
+
+    with shared_env(root).begin() as txn:
+        return read_num_samples(txn, root)
+
+
+def read_records(root: Path) -> Iterator[Tuple[int, bytes, str, Optional[str]]]:
+    """`(index, image bytes, label, name or None)` for every record of the LMDB at `root`, in order, read through
+    the process's shared read-only environment (py-lmdb opens an LMDB only once per process)."""
+    from strhub.data.dataset import shared_env
+
+    total = count_records(root)
+    with shared_env(root).begin() as txn:
+        for index in range(1, total + 1):
+            image, label = txn.get(f"image-{index:09d}".encode()), txn.get(f"label-{index:09d}".encode())
+            if image is None or label is None:
+                raise KeyError(f"{root}: record {index} lacks its image or label key (num-samples is {total})")
+            name = txn.get(f"name-{index:09d}".encode())
+            yield index, image, label.decode("utf-8"), None if name is None else name.decode("utf-8")
 
 
 def read_label_list(path: Path) -> List[Tuple[int, str, str]]:

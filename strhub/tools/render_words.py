@@ -30,6 +30,7 @@ from tqdm import tqdm
 
 from strhub.tools.common import HelpFormatter, add_charset_arguments, charset_from_args
 from strhub.tools.create_lmdb import write_lmdb
+from strhub.tools.geometry import perspective_coefficients
 
 FONT_DIRS = ("/usr/share/fonts", "/usr/local/share/fonts", "~/.local/share/fonts", "~/.fonts")
 FONT_SUFFIXES = (".ttf", ".otf", ".ttc")
@@ -108,15 +109,6 @@ def glyph_coverage(path: Path, charset: str) -> frozenset:
 
     missing = bitmap(_MISSING_GLYPH)
     return frozenset(char for char in charset if char.isspace() or bitmap(char) != missing)
-
-
-def _perspective_coefficients(src: np.ndarray, dst: np.ndarray) -> List[float]:
-    """PIL PERSPECTIVE coefficients that map output points `dst` (4, 2) back to input points `src`."""
-    rows = []
-    for (x, y), (u, v) in zip(dst, src):
-        rows.append([x, y, 1, 0, 0, 0, -u * x, -u * y])
-        rows.append([0, 0, 0, x, y, 1, -v * x, -v * y])
-    return np.linalg.solve(np.array(rows, dtype=np.float64), src.reshape(8).astype(np.float64)).tolist()
 
 
 def _luma(colour: Sequence[int]) -> float:
@@ -249,7 +241,7 @@ class WordRenderer:
             w, h = img.size
             corners = np.array([[0, 0], [w, 0], [w, h], [0, h]], dtype=np.float64)
             moved = corners + rng.uniform(-0.12, 0.12, size=(4, 2)) * [h, h]
-            img = img.transform(img.size, Image.Transform.PERSPECTIVE, _perspective_coefficients(corners, moved),
+            img = img.transform(img.size, Image.Transform.PERSPECTIVE, perspective_coefficients(corners, moved),
                                 Image.Resampling.BICUBIC, fillcolor=background)
         out_w = self.width or max(1, round(img.width * self.height / img.height))
         img = img.resize((out_w, self.height), Image.Resampling.BICUBIC)

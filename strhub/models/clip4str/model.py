@@ -1,26 +1,18 @@
 """CLIP4STR as a plain `nn.Module`: CLIP image encoder, visual decoder, and the cross-modal decoder
 that reads the image together with the CLIP text encoding of the visual branch's prediction."""
-import inspect
-from typing import Any, List, Mapping, Optional, Tuple
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import torch
 from open_clip.model import CLIP
 from torch import Tensor, nn
 
-from strhub.data.utils import CharsetAdapter, Tokenizer
-from strhub.models.clip4str.clip import CaptionTokenizer, create_clip, encode_image_tokens, encode_text_tokens
-from strhub.models.decoder import Decoder, KeyValue
-from strhub.models.layout import lay_out_weights, return_freed_memory
+from strhub.models.clip import CaptionTokenizer, build_on_clip, clip_settings, encode_image_tokens, encode_text_tokens
+from strhub.models.decoder import Decoder, KeyValue, cloze_mask
+from strhub.models.recognizer import Recognizer
+from strhub.models.state_dicts import count_blocks, sub_state_dict
 
 
-def cloze_mask(size: int, device: torch.device) -> Tensor:
-    """Additive (size, size) mask hiding only position r + 1 from row r."""
-    mask = torch.zeros(size, size, device=device)
-    mask.diagonal(1).fill_(float("-inf"))
-    return mask
-
-
-class CLIP4STR(nn.Module):
+class CLIP4STR(Recognizer):
     """The model; attribute names follow the original's state-dict layout
     (`clip_model.*`, `visual_decoder.*`, `cross_decoder.*`)."""
 
@@ -29,14 +21,9 @@ class CLIP4STR(nn.Module):
                  decode_ar: bool, refine_iters: int, use_language_model: bool, image_detach: bool,
                  use_share_dim: bool, clip_cls_eot_feature: bool, cross_token_embeding: bool,
                  image_freeze_nlayer: int, text_freeze_nlayer: int) -> None:
-        super().__init__()
-        self.tokenizer = Tokenizer(charset_train)
-        self.charset_adapter = CharsetAdapter(charset_test)
+        super().__init__(charset_train, charset_test, max_label_length, decode_ar, refine_iters)
         self.caption_tokenizer = CaptionTokenizer(context_length)
-        self.max_label_length = max_label_length
         self.context_length = context_length
-        self.decode_ar = decode_ar
-        self.refine_iters = refine_iters
         self.use_language_model = use_language_model
         self.image_detach = image_detach
         self.use_share_dim = use_share_dim
@@ -98,14 +85,13 @@ class CLIP4STR(nn.Module):
         """Runs the image encoder through `torch.compile` (same numbers, fused kernels)."""
         self.image_encoder = torch.compile(encode_image_tokens, **options)
 
+    def few_row_modules(self) -> Sequence[nn.Module]:
+        return [module for module in (self.clip_model.transformer, self.visual_decoder, self.cross_decoder)
+                if module is not None]
+
     def train(self, mode: bool = True) -> "CLIP4STR":
-        """Frozen CLIP blocks stay in eval mode. Out of training, the weights that multiply few rows
-        (text encoder, decoders) are stored input-major (see `strhub.models.layout`)."""
+        """Frozen CLIP blocks stay in eval mode."""
         super().train(mode)
-        moved = [lay_out_weights(module, input_major=not mode)
-                 for module in (self.clip_model.transformer, self.visual_decoder, self.cross_decoder) if module is not None]
-        if any(moved):
-            return_freed_memory()
         if mode:
             for block in self.clip_model.visual.transformer.resblocks[:self.image_frozen_blocks]:
                 block.eval()
@@ -159,77 +145,48 @@ class CLIP4STR(nn.Module):
                 for (ik, iv), (tk, tv) in zip(image_kv, text_kv)]
 
     def forward(self, images: Tensor, max_length: Optional[int] = None) -> Tensor:
-        """Logits (N, L, C) of the final branch. Without `max_length` (testing) greedy decoding stops
-        once every sample of the batch has produced EOS."""
-        testing = max_length is None
-        max_length = self.max_label_length if testing else min(max_length, self.max_label_length)
-        num_steps = max_length + 1
+        """Logits (N, L, C) of the final branch."""
+        num_steps = self.num_steps(max_length)
         memory = self.encode(images)
         visual_kv = self.visual_decoder.memory_kv(memory)
-        batch, device = images.shape[0], images.device
-        bos = torch.full((batch, 1), self.tokenizer.bos_id, dtype=torch.long, device=device)
-
-        if self.decode_ar:
-            tokens = torch.full((batch, num_steps), self.tokenizer.pad_id, dtype=torch.long, device=device)
-            tokens[:, 0] = self.tokenizer.bos_id
-            logits = self._decode_greedy(self.visual_decoder, visual_kv, tokens, num_steps, stop_early=testing)
-        else:
-            logits = self.visual_decoder(bos, visual_kv, self._queries(self.visual_decoder, batch, num_steps))
+        tokens = self.context_buffer(len(images), num_steps, images.device)
+        logits = self.first_pass(self.visual_decoder, visual_kv, tokens, num_steps, stop_early=max_length is None)
 
         # The visual branch never reads the cross branch, so all its refinement passes come first and
         # the captions of every pass are encoded together.
-        mask = cloze_mask(num_steps, device)
+        mask = cloze_mask(num_steps, images.device)
         visual_passes = [logits]
         for _ in range(self.refine_iters):
-            visual_passes.append(self._refine(self.visual_decoder, visual_kv, visual_passes[-1], bos, mask))
+            visual_passes.append(self.refine(self.visual_decoder, visual_kv, visual_passes[-1], mask))
         if not self.use_language_model:
             return visual_passes[-1]
 
         image_kv = self.cross_image_kv(memory)
         cross_kvs = [self.join_kv(image_kv, text_kv) for text_kv in self.caption_kv(visual_passes)]
-        if self.decode_ar:
-            cross_logits = self._decode_greedy(self.cross_decoder, cross_kvs[0], tokens, logits.shape[1],
-                                               stop_early=False)
-        else:
-            cross_logits = self.cross_decoder(bos, cross_kvs[0], self._queries(self.cross_decoder, batch, num_steps))
+        # The cross branch decodes as many steps as the visual one did, without stopping early.
+        cross_logits = self.first_pass(self.cross_decoder, cross_kvs[0], tokens,
+                                       logits.shape[1] if self.decode_ar else num_steps, stop_early=False)
         for cross_kv in cross_kvs[1:]:
-            cross_logits = self._refine(self.cross_decoder, cross_kv, cross_logits, bos, mask)
+            cross_logits = self.refine(self.cross_decoder, cross_kv, cross_logits, mask)
         return cross_logits
-
-    @staticmethod
-    def _queries(decoder: Decoder, batch: int, num_steps: int) -> Tensor:
-        return decoder.pos_queries[:, :num_steps].expand(batch, -1, -1)
-
-    def _decode_greedy(self, decoder: Decoder, memory_kv: List[KeyValue], tokens: Tensor, num_steps: int,
-                       stop_early: bool) -> Tensor:
-        """Greedy decoding that writes each step's argmax into `tokens` (N, S) after the BOS."""
-        state = decoder.start(memory_kv, num_steps)
-        finished = torch.zeros(len(tokens), dtype=torch.bool, device=tokens.device)
-        logits = []
-        for i in range(num_steps):
-            step_logits = decoder.step(state, tokens[:, i], i)
-            logits.append(step_logits)
-            if i + 1 < num_steps:
-                tokens[:, i + 1] = step_logits.argmax(-1)
-                if stop_early:
-                    finished |= tokens[:, i + 1] == self.tokenizer.eos_id
-                    if finished.all():
-                        break
-        return torch.stack(logits, dim=1)
-
-    def _refine(self, decoder: Decoder, memory_kv: List[KeyValue], logits: Tensor, bos: Tensor,
-                mask: Tensor) -> Tensor:
-        """One cloze pass over all position queries, the context being the previous prediction."""
-        context = torch.cat([bos, logits[:, :-1].argmax(-1)], dim=1)
-        padding = (context == self.tokenizer.eos_id).cumsum(-1) > 0
-        length = context.shape[1]
-        queries = self._queries(decoder, len(context), mask.shape[0])
-        return decoder(context, memory_kv, queries, mask[:, :length], mask[:length, :length], padding)
 
 
 def build_model(config: Mapping[str, Any]) -> CLIP4STR:
     """CLIP4STR from a model config (`configs/model/*.yaml` or a checkpoint's hyper-parameters), with
     the CLIP weights that `clip_pretrained` names, or random ones built from `clip_arch`."""
-    clip_model, _ = create_clip(config.get("clip_pretrained"), config.get("clip_arch"), config.get("img_size"))
-    names = list(inspect.signature(CLIP4STR).parameters)[1:]
-    return CLIP4STR(clip_model, **{name: config[name] for name in names})
+    return build_on_clip(CLIP4STR, config)
+
+
+def settings_from_state_dict(state_dict: Mapping[str, Tensor], img_size: Optional[Sequence[int]]) -> Dict[str, Any]:
+    """The architecture read off the tensors of a CLIP4STR state dict (`img_size` is needed only for a
+    non-square input; the decoders' head count cannot be read)."""
+    decoder = sub_state_dict(state_dict, "visual_decoder.")
+    width = decoder["pos_queries"].shape[-1]
+    return {
+        **clip_settings(state_dict, img_size),
+        "max_label_length": decoder["pos_queries"].shape[1] - 1,
+        "dec_depth": count_blocks(decoder, "layers."),
+        "dec_mlp_ratio": decoder["layers.0.linear1.weight"].shape[0] // width,
+        "use_language_model": "cross_decoder.head.weight" in state_dict,
+        "use_share_dim": width == state_dict["clip_model.text_projection"].shape[1],
+    }

@@ -1,4 +1,4 @@
-"""The CLIP backbone of CLIP4STR, built with open_clip.
+"""The CLIP backbone of CLIP4STR and STR-Adapter, built with open_clip.
 
 CLIP4STR modifies CLIP in ways its released checkpoints depend on, so the backbone is built as the
 original built it, whatever the weights' source: QuickGELU in both towers, heads = width // 64
@@ -6,18 +6,22 @@ original built it, whatever the weights' source: QuickGELU in both towers, heads
 all tokens after `ln_post` and the projection, and text features for all positions of a short
 causal context.
 """
+import inspect
 import math
 import zipfile
 from pathlib import Path
-from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 import regex
 import torch
-from open_clip.model import CLIP, CLIPTextCfg, CLIPVisionCfg
-from open_clip.factory import get_model_config
-from open_clip.tokenizer import SimpleTokenizer
 import torch.nn.functional as F
+from open_clip.factory import get_model_config
+from open_clip.model import CLIP, CLIPTextCfg, CLIPVisionCfg
+from open_clip.tokenizer import SimpleTokenizer
 from torch import Tensor, nn
+
+from strhub.models.safe_load import safe_load
+from strhub.models.state_dicts import count_blocks, sub_state_dict
 
 HEAD_WIDTH = 64
 QUICK_GELU_BAND_ROWS = 128  # 128 rows of a 3072-wide activation take 1.5 MiB: they stay in L2
@@ -56,9 +60,10 @@ def arch_from_state_dict(state_dict: Mapping[str, Tensor],
     }
 
 
-def count_blocks(state_dict: Mapping[str, Tensor], prefix: str) -> int:
-    """How many numbered blocks (`<prefix><i>.`) the state dict holds."""
-    return len({key[len(prefix):].split(".")[0] for key in state_dict if key.startswith(prefix)})
+def clip_settings(state_dict: Mapping[str, Tensor], img_size: Optional[Sequence[int]]) -> Dict[str, Any]:
+    """The CLIP settings of a model state dict holding CLIP under `clip_model.`: no weight file, the
+    architecture read off the tensors."""
+    return {"clip_pretrained": None, "clip_arch": arch_from_state_dict(sub_state_dict(state_dict, "clip_model."), img_size)}
 
 
 def arch_from_name(name: str, image_size: Optional[Sequence[int]] = None) -> ClipArch:
@@ -100,10 +105,7 @@ def read_clip_state_dict(path: Union[str, Path]) -> Dict[str, Tensor]:
     if zipfile.is_zipfile(path) and _is_torchscript(path):
         state_dict = torch.jit.load(str(path), map_location="cpu").state_dict()
     else:
-        try:
-            state_dict = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as err:
-            raise ValueError(f"{path} is neither a TorchScript archive nor a PyTorch state dict: {err}") from err
+        state_dict = safe_load(path)
         for key in ("state_dict", "model"):
             if isinstance(state_dict, dict) and isinstance(state_dict.get(key), dict):
                 state_dict = state_dict[key]
@@ -155,6 +157,14 @@ def create_clip(clip_pretrained: Optional[str], clip_arch: Union[str, ClipArch, 
                      "architecture for a randomly initialised CLIP")
 
 
+def build_on_clip(model_class: Callable[..., nn.Module], config: Mapping[str, Any]) -> nn.Module:
+    """`model_class(clip, **settings)` with the CLIP of `config` (see `create_clip`) and the other
+    arguments of `model_class` taken from `config`."""
+    clip_model, _ = create_clip(config.get("clip_pretrained"), config.get("clip_arch"), config.get("img_size"))
+    names = list(inspect.signature(model_class).parameters)[1:]
+    return model_class(clip_model, **{name: config[name] for name in names})
+
+
 def residual_block(block: nn.Module, x: Tensor, attn_mask: Optional[Tensor] = None) -> Tensor:
     """An open_clip residual attention block on batch-first tokens (N, L, D): the same computation as
     its own forward, written out on contiguous tensors (faster than `nn.MultiheadAttention` on a CPU)."""
@@ -187,17 +197,26 @@ def mlp(block: nn.Module, x: Tensor) -> Tensor:
     return block.mlp.c_proj(hidden)
 
 
-def encode_image_tokens(clip: CLIP, images: Tensor, projection: bool = True) -> Tensor:
-    """All image tokens (CLS first) after `ln_post`, projected to the joint space unless told not
-    to: (N, 1 + grid, D)."""
+def vision_features(clip: CLIP, images: Tensor, capture: Sequence[int] = ()) -> Tuple[Tensor, List[Tensor]]:
+    """All image tokens (CLS first) after `ln_post`, unprojected (N, 1 + grid, W), and the inputs of
+    the vision blocks numbered in `capture`, in that order."""
     visual = clip.visual
     x = visual.conv1(images.to(visual.conv1.weight.dtype)).flatten(2).transpose(1, 2)
     cls = visual.class_embedding.to(x.dtype).expand(x.shape[0], 1, -1)
     x = visual.ln_pre(torch.cat([cls, x], dim=1) + visual.positional_embedding.to(x.dtype))
-    for block in visual.transformer.resblocks:
+    inputs = {}
+    for i, block in enumerate(visual.transformer.resblocks):
+        if i in capture:
+            inputs[i] = x
         x = residual_block(block, x)
-    x = visual.ln_post(x)
-    return x @ visual.proj if projection else x
+    return visual.ln_post(x), [inputs[i] for i in capture]
+
+
+def encode_image_tokens(clip: CLIP, images: Tensor, projection: bool = True) -> Tensor:
+    """All image tokens (CLS first) after `ln_post`, projected to the joint space unless told not
+    to: (N, 1 + grid, D)."""
+    x = vision_features(clip, images)[0]
+    return x @ clip.visual.proj if projection else x
 
 
 def shared_prefixes(token_ids: Tensor) -> Tuple[Tensor, Tensor]:

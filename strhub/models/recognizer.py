@@ -1,0 +1,108 @@
+"""What the plain models of every family share: the character tokenizer, the test charset, the
+decoding settings, and PARSeq's single-branch recognition (STR-Adapter and PARSeq differ only in
+their encoder)."""
+from typing import List, Optional, Sequence, Tuple
+
+import torch
+from torch import Tensor, nn
+
+from strhub.data.utils import CharsetAdapter, Tokenizer
+from strhub.models.decoder import (CharDecoder, DecoderStack, KeyValue, TokenEmbedding, cloze_mask, greedy_decode,
+                                   init_decoder_weights, parallel_decode, refine)
+from strhub.models.layout import lay_out_weights, return_freed_memory
+
+
+class Recognizer(nn.Module):
+    """Base of the plain models: `forward(images, max_length=None)` gives logits (N, L, C);
+    `tokenizer.decode(logits.softmax(-1))` the strings. Without `max_length` (testing) greedy
+    decoding stops once every sample of the batch has produced EOS."""
+
+    def __init__(self, charset_train: str, charset_test: str, max_label_length: int, decode_ar: bool,
+                 refine_iters: int) -> None:
+        super().__init__()
+        self.tokenizer = Tokenizer(charset_train)
+        self.charset_adapter = CharsetAdapter(charset_test)
+        self.max_label_length = max_label_length
+        self.decode_ar = decode_ar
+        self.refine_iters = refine_iters
+
+    @property
+    def image_size(self) -> Tuple[int, int]:
+        """The input size (height, width)."""
+        raise NotImplementedError
+
+    def few_row_modules(self) -> Sequence[nn.Module]:
+        """Modules whose weights multiply few rows at inference (see `strhub.models.layout`)."""
+        return ()
+
+    def train(self, mode: bool = True) -> "Recognizer":
+        """Out of training, the weights of `few_row_modules` are stored input-major."""
+        super().train(mode)
+        if any([lay_out_weights(module, input_major=not mode) for module in self.few_row_modules()]):
+            return_freed_memory()
+        return self
+
+    def num_steps(self, max_length: Optional[int] = None) -> int:
+        """Decoding steps: the longest label (at most `max_label_length`) plus EOS."""
+        return (self.max_label_length if max_length is None else min(max_length, self.max_label_length)) + 1
+
+    def bos(self, batch: int, device: torch.device) -> Tensor:
+        return torch.full((batch, 1), self.tokenizer.bos_id, dtype=torch.long, device=device)
+
+    def context_buffer(self, batch: int, num_steps: int, device: torch.device) -> Tensor:
+        """The greedy context (N, S): BOS, then PAD until decoding writes its tokens."""
+        tokens = torch.full((batch, num_steps), self.tokenizer.pad_id, dtype=torch.long, device=device)
+        tokens[:, 0] = self.tokenizer.bos_id
+        return tokens
+
+    def first_pass(self, decoder: CharDecoder, memory_kv: List[KeyValue], tokens: Tensor, num_steps: int,
+                   stop_early: bool) -> Tensor:
+        """Greedy decoding into `tokens` (or, without `decode_ar`, all positions at once)."""
+        if self.decode_ar:
+            return greedy_decode(decoder, memory_kv, tokens, num_steps, self.tokenizer.eos_id if stop_early else None)
+        return parallel_decode(decoder, memory_kv, tokens[:, :1], num_steps)
+
+    def refine(self, decoder: CharDecoder, memory_kv: List[KeyValue], logits: Tensor, mask: Tensor) -> Tensor:
+        return refine(decoder, memory_kv, logits, self.bos(len(logits), logits.device), mask, self.tokenizer.eos_id)
+
+
+class PARSeqRecognizer(Recognizer, CharDecoder):
+    """PARSeq's layout and decoding over the memory of `encode`: the layers and final norm in
+    `decoder`, the head, token embedding and position queries beside it. Subclasses register their
+    encoder, then call `add_decoder`, so that the state dict keeps the original's order."""
+
+    def add_decoder(self, embed_dim: int, dec_num_heads: int, dec_mlp_ratio: int, dec_depth: int,
+                    dropout: float) -> None:
+        self.decoder = DecoderStack(embed_dim, dec_num_heads, dec_mlp_ratio, dec_depth, dropout)
+        self.head = nn.Linear(embed_dim, len(self.tokenizer) - 2)
+        self.text_embed = TokenEmbedding(len(self.tokenizer), embed_dim)
+        self.pos_queries = nn.Parameter(torch.empty(1, self.max_label_length + 1, embed_dim))
+        self.dropout = nn.Dropout(dropout)
+        for module in (self.decoder, self.head, self.text_embed):
+            init_decoder_weights(module)
+        nn.init.trunc_normal_(self.pos_queries, std=0.02)
+
+    @property
+    def layers(self) -> nn.ModuleList:
+        return self.decoder.layers
+
+    @property
+    def norm(self) -> nn.LayerNorm:
+        return self.decoder.norm
+
+    def few_row_modules(self) -> Sequence[nn.Module]:
+        return (self.decoder, self.head)
+
+    def encode(self, images: Tensor) -> Tensor:
+        """The decoder's memory (N, M, D)."""
+        raise NotImplementedError
+
+    def forward(self, images: Tensor, max_length: Optional[int] = None) -> Tensor:
+        num_steps = self.num_steps(max_length)
+        memory_kv = self.memory_kv(self.encode(images))
+        tokens = self.context_buffer(len(images), num_steps, images.device)
+        logits = self.first_pass(self, memory_kv, tokens, num_steps, stop_early=max_length is None)
+        mask = cloze_mask(num_steps, images.device)
+        for _ in range(self.refine_iters):
+            logits = self.refine(self, memory_kv, logits, mask)
+        return logits

@@ -1,0 +1,14 @@
+"""Small helpers for reading architectures off state dicts."""
+from typing import Dict, Mapping
+
+from torch import Tensor
+
+
+def sub_state_dict(state_dict: Mapping[str, Tensor], prefix: str) -> Dict[str, Tensor]:
+    """The tensors under `prefix`, without it."""
+    return {key[len(prefix):]: value for key, value in state_dict.items() if key.startswith(prefix)}
+
+
+def count_blocks(state_dict: Mapping[str, Tensor], prefix: str) -> int:
+    """How many numbered blocks (`<prefix><i>.`) the state dict holds."""
+    return len({key[len(prefix):].split(".")[0] for key in state_dict if key.startswith(prefix)})
