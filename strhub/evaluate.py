@@ -173,7 +173,7 @@ def protocol_charset(checkpoint: Path, overrides: Dict[str, Any], cased: bool, p
     if cased or punctuation:
         raise ValueError("cased and punctuation extend the 36-character protocol; full_charset compares every "
                          "character of the model's charset already")
-    charset = overrides.get("charset_train") or read_model_checkpoint(checkpoint, overrides)[1]["charset_train"]
+    charset = overrides.get("charset_train") or read_model_checkpoint(checkpoint, overrides)[2]["charset_train"]
     return caseless_charset(charset) if ignore_case else charset
 
 

@@ -258,7 +258,7 @@ def test_test_py_full_charset_on_rendered_chinese_counts_the_set_minus_the_drops
     assert "synth: 33 of 35 records kept (filtered too long: 1, empty: 1); 1 labels lost characters outside " \
            "the charset ('★' 1)" in proc.stderr
     assert re.search(r"^\| synth    \|        33 \|", proc.stdout, re.M) and "Total samples 33." in proc.stdout
-    (report,) = cjk_checkpoint.parent.glob(f"{cjk_checkpoint.name}.log_newFalse.*.json")
+    (report,) = cjk_checkpoint.parent.glob(f"{cjk_checkpoint.name}.log_datasets_synth.*.json")
     summary = json.loads(report.read_text(encoding="utf-8"))
     assert summary["label_filtering"]["synth"] == {"records": 35, "kept": 33, "filtered": {"too_long": 1, "empty": 1},
                                                    "trimmed": 1, "undecodable": 0}
