@@ -38,6 +38,7 @@ def _run(script: str, args: Sequence[object], monkeypatch, capsys) -> Tuple[int,
     """Runs a command-line script of the repository in this process (its imports are already done):
     exit status, stdout, stderr."""
     monkeypatch.setattr(sys, "argv", [script, *map(str, args)])
+    monkeypatch.syspath_prepend(str(REPO))  # as `python script.py` has it
     status = 0
     try:
         runpy.run_path(str(REPO / script), run_name="__main__")
@@ -194,3 +195,16 @@ def test_a_folder_without_the_manifest_says_what_is_missing(tmp_path, monkeypatc
     status, _, stderr = _run("read.py", [tmp_path / "empty", REFERENCE_DIR / "images", "--backend", "onnx"],
                              monkeypatch, capsys)
     assert status == 2 and "no model.json" in stderr
+
+
+def test_bench_onnx_times_both_backends_on_the_same_weights(monkeypatch, capsys):
+    status, stdout, stderr = _run("bench_onnx.py", ["--experiment", "parseq-mini", "--batches", 1, 2, "--warmup", 0,
+                                                    "--repeats", 1], monkeypatch, capsys)
+    assert status == 0, stderr
+    lines = [line for line in stdout.splitlines() if line.startswith("batch ")]
+    assert [line.split(":")[0] for line in lines] == ["batch   1", "batch   2"]
+    for line in lines:
+        pytorch, onnx_runtime = (float(part.split()[-2]) for part in line.split("|")[:2])
+        ratio = float(line.split("|")[2].split()[-1])
+        assert pytorch > 0 and onnx_runtime > 0 and ratio == pytest.approx(pytorch / onnx_runtime, rel=0.02)
+        assert float(line.split("within")[1]) <= LOGIT_ATOL
