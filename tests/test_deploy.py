@@ -181,6 +181,18 @@ def test_unsupported_opset_is_named(clip4str_files, tmp_path, monkeypatch, capsy
     assert status == 2 and "--opset 21 is not supported" in stderr and "at most 20" in stderr
 
 
+def test_fp16_export_is_checked_against_the_float16_model(clip4str_files, tmp_path):
+    """--fp16 graphs run float16 end to end; weights of another dtype are refused, naming it."""
+    model = load_model(clip4str_files["ckpt"]).eval().half()
+    manifest = export_onnx(model, tmp_path, opset=17, atol=5e-2)
+    assert manifest["dtype"] == "float16"
+    assert {spec["dtype"] for spec in manifest["graphs"]["encoder"]["outputs"]} == {"float16"}
+    results = check_export(model, tmp_path, batches=[3], seed=0, atol=5e-2, exact=False)
+    assert results[0].max_difference <= 5e-2
+    with pytest.raises(ExportError, match=r"weights are torch.bfloat16.*--fp16"):
+        export_onnx(model.bfloat16(), tmp_path / "bf16", opset=17, atol=5e-2)
+
+
 def test_a_folder_without_the_manifest_says_what_is_missing(tmp_path, monkeypatch, capsys):
     (tmp_path / "encoder.onnx").write_bytes(b"")
     with pytest.raises(ExportNotFoundError, match=r"holds encoder.onnx but no model.json \(the charset, image size"):
