@@ -66,9 +66,14 @@ def list_images(inputs: List[str]) -> Iterator[Tuple[str, Path]]:
             yield item, path
 
 
+def _int_list(value: str) -> List[int]:
+    return [int(item) for item in value.strip("[]").split(",") if item.strip()]
+
+
 def parse_model_args(args: Iterable[str]) -> Dict[str, Any]:
-    """Model overrides written as `name:type=value` (type: int, float, str or bool)."""
-    casts = {"int": int, "float": float, "str": str, "bool": lambda v: v.lower() == "true"}
+    """Model overrides written as `name:type=value` (type: int, float, str, bool, or list of ints written
+    `[1,3,5]`, such as `block_ids:list=[1,3,5]`)."""
+    casts = {"int": int, "float": float, "str": str, "bool": lambda v: v.lower() == "true", "list": _int_list}
     kwargs = {}
     for arg in args:
         try:
