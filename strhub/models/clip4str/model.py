@@ -145,13 +145,16 @@ class CLIP4STR(Recognizer):
 
     def encode_captions(self, captions: List[str], device: torch.device) -> Tensor:
         """CLIP text features of the captions (N, context_length, D)."""
-        token_ids = self.caption_tokenizer(captions, self.context_length).to(device)
+        return self.encode_caption_ids(self.caption_tokenizer(captions, self.context_length).to(device))
+
+    def encode_caption_ids(self, token_ids: Tensor) -> Tensor:
+        """CLIP text features of captions as CLIP token ids (N, context_length)."""
         with torch.set_grad_enabled(torch.is_grad_enabled() and not self.text_frozen):
             if self.cross_token_embeding:
                 return self.clip_model.token_embedding(token_ids)
             features = encode_text_tokens(self.clip_model, token_ids)
         if self.clip_cls_eot_feature:
-            features = features[torch.arange(len(features)), token_ids.argmax(-1)].unsqueeze(1)
+            features = features[torch.arange(features.shape[0]), token_ids.argmax(-1)].unsqueeze(1)
         return features
 
     @staticmethod
