@@ -25,6 +25,7 @@ from strhub.benchmarks import DEFAULT_PROTOCOL, BenchmarkGroup, label_lengths, s
 from strhub.cli import autocast_context, default_device
 from strhub.data.dataset import LmdbDataset
 from strhub.data.module import SceneTextDataModule
+from strhub.failures import SampleLog
 from strhub.models.checkpoint import best_checkpoint, read_model_checkpoint
 from strhub.models.utils import load_from_checkpoint
 
@@ -126,9 +127,9 @@ def format_report(results: Dict[str, Result], groups: Sequence[BenchmarkGroup], 
 
 @torch.inference_mode()
 def evaluate(model: torch.nn.Module, loaders: Dict[str, DataLoader], device: torch.device,
-             precision: str = "32") -> Dict[str, Result]:
+             precision: str = "32", samples: Optional[SampleLog] = None) -> Dict[str, Result]:
     """Runs `model.test_step` over each dataset's loader (with a progress bar) and aggregates the metrics; images
-    that do not decode are left out and counted as skipped."""
+    that do not decode are left out and counted as skipped. `samples`, if given, collects every sample."""
     results = {}
     width = max(map(len, loaders))
     for name, loader in loaders.items():
@@ -139,11 +140,15 @@ def evaluate(model: torch.nn.Module, loaders: Dict[str, DataLoader], device: tor
             images, labels = batch
             with autocast_context(device, precision):
                 res = model.test_step((images.to(device), labels), batch_idx)
+            if samples is not None:
+                samples.add(name, labels, res)
             total += res.num_samples
             correct += res.correct
             ned += res.ned
             confidence += res.confidence
             label_length += res.label_length
+        if samples is not None:
+            samples.close(name, loader.dataset)
         skipped = loader.dataset.num_skipped
         if skipped:
             log.warning("%s: %d images did not decode and are left out of its metrics", name, skipped)
@@ -200,7 +205,7 @@ def evaluate_checkpoint(checkpoint: Path, data_root: Path, batch_size: int = 512
                         ignore_case: bool = False, new: bool = False, rotation: int = 0, openai_meanstd: bool = False,
                         device: Optional[str] = None, precision: str = "32", model_kwargs: Optional[dict] = None,
                         datasets: Sequence[str] = (), protocol: str = DEFAULT_PROTOCOL,
-                        groups: Sequence[str] = ()) -> str:
+                        groups: Sequence[str] = (), errors: Optional[Path] = None) -> str:
     """Evaluates a checkpoint (a file, or a run folder whose best checkpoint is taken) on the test sets under
     `data_root/test` of the protocol's groups, `new`'s and the extra `groups` (names in configs/test_groups or
     YAML files; see strhub.benchmarks), or on the named `datasets` there as one `Test` group. Prints the report
@@ -208,7 +213,8 @@ def evaluate_checkpoint(checkpoint: Path, data_root: Path, batch_size: int = 512
     row per dataset); the default selection is named `new<new>`, and `<settings>` is a digest of what the numbers
     depend on (data root, test sets, charset, label settings, transforms, batch size, precision, model overrides),
     so that different evaluations never overwrite each other. Images are normalised with mean = std = 0.5 as in
-    the original's test protocol, or with CLIP's mean/std when `openai_meanstd`.
+    the original's test protocol, or with CLIP's mean/std when `openai_meanstd`. With `errors`, every sample goes
+    to `errors/samples.csv` and each benchmark's misread images to contact sheets in `errors/<benchmark>/`.
 
     With `full_charset`, labels are kept as written (NFC; whitespace too when the model's charset holds
     it) and compared on the model's whole training charset, which also filters the cross-modal
@@ -247,7 +253,8 @@ def evaluate_checkpoint(checkpoint: Path, data_root: Path, batch_size: int = 512
     loaders: Dict[str, DataLoader] = {}
     for length in sorted(set(lengths[name] for name in present)):
         loaders.update(datamodule(length).test_dataloaders([name for name in present if lengths[name] == length]))
-    results = evaluate(model, loaders, device, precision)
+    sample_log = SampleLog() if errors is not None else None
+    results = evaluate(model, loaders, device, precision, sample_log)
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     seconds = time.perf_counter() - start
@@ -281,4 +288,7 @@ def evaluate_checkpoint(checkpoint: Path, data_root: Path, batch_size: int = 512
               {"checkpoint": str(checkpoint), "selection": selection, **settings, "device": str(device)})
     print(report, end="")
     log.info("Report written to %s.md, .json and .csv", stem)
+    if sample_log is not None:
+        written = sample_log.write(errors)
+        log.info("Samples written to %s, error galleries: %d pages", written[0], len(written) - 1)
     return report
