@@ -6,8 +6,9 @@
 
 A run folder instead of a file picks its best checkpoint by validation accuracy. The tables are test groups
 (configs/test_groups/*.yaml): the protocol's, then New with --new, then the groups asked for; missing test sets
-are named in a warning and skipped. Extra arguments of the form `name:type=value` (type int, float, str or bool)
-override the model's hyper-parameters; a name the model does not take is refused with the closest ones it does.
+are named in a warning and skipped. Extra arguments of the form `name:type=value` (type int, float, str, bool, or
+list for a list of integers such as `block_ids:list=[1,3,5]`) override the model's hyper-parameters; a name the
+model does not take is refused with the closest ones it does.
 """
 import argparse
 import logging

@@ -1,11 +1,12 @@
 """Helpers shared by the entry points: train.py, test.py, read.py and the benchmarks."""
 import contextlib
 import ctypes
+import itertools
 import logging
 import os
 import sys
 from pathlib import Path
-from typing import Any, Dict, Iterable, Mapping, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple, Union
 
 import torch
 from hydra import compose, initialize_config_dir
@@ -81,9 +82,14 @@ def autocast_context(device: Union[str, torch.device], precision: str = "32") ->
     return torch.autocast(torch.device(device).type, dtype=dtypes[precision])
 
 
+def _int_list(value: str) -> List[int]:
+    return [int(item) for item in value.strip("[]").split(",") if item.strip()]
+
+
 def parse_model_args(args: Iterable[str]) -> Dict[str, Any]:
-    """Model overrides written as `name:type=value` (type: int, float, str or bool); ConfigError for another form."""
-    casts = {"int": int, "float": float, "str": str, "bool": lambda v: v.lower() == "true"}
+    """Model overrides written as `name:type=value` (type: int, float, str, bool, or list of ints written
+    `[1,3,5]`, such as `block_ids:list=[1,3,5]`); ConfigError for another form."""
+    casts = {"int": int, "float": float, "str": str, "bool": lambda v: v.lower() == "true", "list": _int_list}
     kwargs = {}
     for arg in args:
         try:
@@ -155,16 +161,35 @@ def compose_leaving_out_missing(config_name: str, typed: Mapping[str, str]) -> T
                 missing[key] = culprit
 
 
+def sweep_jobs(overrides: Sequence[str]) -> List[List[str]]:
+    """The overrides of each job of a Hydra sweep (`+experiment=tiny,parseq-mini` gives two), one job without
+    sweeps; HydraException for a sweep it cannot list (an interval)."""
+    parsed = OverridesParser.create().parse_overrides(list(overrides))
+    choices = [[f"{override.get_key_element()}={value}" for value in override.sweep_string_iterator()]
+               if override.is_sweep_override() else [override.input_line] for override in parsed]
+    return [list(job) for job in itertools.product(*choices)]
+
+
 def check_overrides(config_name: str, overrides: Sequence[str]) -> None:
     """Refuses (ConfigError), before Hydra starts, the overrides of keys that the config `config_name` lacks, with
     the closest names it has: a key Hydra would refuse without a hint (`model.refine_iter=2`, `modle.lr=1`), or
     one `+key=value` adds at the top level, where nothing reads it (`+seeed=0`; `+experiment=...` adds a config
     group). Then the composed sections are checked against what builds them (`check_sections`): `+model.lrr=1`.
-    Other mistakes are left to Hydra's own messages."""
+    A sweep (`-m`) has each of its jobs checked. Other mistakes are left to Hydra's own messages."""
     if any(arg.split("=")[0] in CONFIG_FLAGS for arg in overrides):
         return  # another config than `config_name`
     try:
-        parsed = OverridesParser.create().parse_overrides([arg for arg in overrides if not arg.startswith("-")])
+        jobs = sweep_jobs([arg for arg in overrides if not arg.startswith("-")])
+    except HydraException:
+        return
+    for job in jobs:
+        check_job(config_name, job)
+
+
+def check_job(config_name: str, overrides: Sequence[str]) -> None:
+    """`check_overrides` for the overrides of one job (no sweeps)."""
+    try:
+        parsed = OverridesParser.create().parse_overrides(list(overrides))
         typed = {override.key_or_group: override.input_line for override in parsed}
         config, missing = compose_leaving_out_missing(config_name, typed)
     except HydraException:

@@ -44,12 +44,28 @@ def last_line(text: str) -> str:
     (["trainer.enable_progress_bar=false"], r"trainer\.enable_progress_bar is not in the config; add it with "
                                             r"\+trainer\.enable_progress_bar=false$"),
     (["model.batch_size=abc"], r"model\.batch_size must be int, got 'abc' \(str\)$"),
+    (["-m", "trainer.max_steps=1,2", "+model.refine_iter=2"],  # a sweep: each job is checked
+     r"'model\.refine_iter' \(did you mean 'model\.refine_iters'\?\)$"),
 ])
 def test_train_overrides_of_unknown_keys_are_refused_with_the_closest_names(overrides: List[str],
                                                                             message: str) -> None:
     register_resolvers()
     with pytest.raises(ConfigError, match=message):
         check_overrides("main", ["+experiment=tiny", *overrides])
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (["+experiment=tiny", "throughput_bach=2"],
+     r"unknown key: 'throughput_bach' \(did you mean 'throughput_batch'\?\)$"),
+    (["-m", "+experiment=tiny,parseq-mini", "+model.refine_iter=2"],  # a sweep: each job is checked
+     r"'model\.refine_iter' \(did you mean 'model\.refine_iters'\?\)$"),
+    (["-m", "+experiment=tiny,parseq-mini", "min_run_tme=1"], r"'min_run_tme' \(did you mean 'min_run_time'\?\)$"),
+])
+def test_bench_overrides_of_unknown_keys_are_refused_with_the_closest_names(overrides: List[str],
+                                                                            message: str) -> None:
+    register_resolvers()
+    with pytest.raises(ConfigError, match=message):
+        check_overrides("bench", overrides)
 
 
 def test_every_config_passes_the_key_check() -> None:

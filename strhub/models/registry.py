@@ -16,9 +16,9 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Type
 from omegaconf import OmegaConf
 from torch import Tensor, nn
 
+from strhub.configs import CONFIG_DIR
 from strhub.keys import parameters
 
-CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs"
 
 
 @dataclass(frozen=True)
