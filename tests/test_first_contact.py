@@ -1,7 +1,8 @@
 """What a new user meets first, run as they run it: a mistyped key is refused with the closest known names
 (train.py, bench.py, test.py, read.py and the Python API), a CLIP with random weights is announced, a failed start
 leaves no run folder behind, a missing GPU or checkpoint is one line naming what was typed, defaults fit the
-machine, and an empty prediction is shown as such."""
+machine, an empty prediction is shown as such, and training's closing line names the limit that ended it."""
+import importlib.util
 import logging
 import os
 import subprocess
@@ -10,6 +11,7 @@ from pathlib import Path
 from typing import Dict, List, Optional
 
 import pytest
+import pytorch_lightning as pl
 import torch
 from hydra import compose, initialize_config_dir
 from PIL import Image
@@ -183,3 +185,15 @@ def test_worker_defaults_fit_the_machine() -> None:
     register_resolvers()
     with initialize_config_dir(config_dir=str(REPO / "configs"), version_base="1.3"):
         assert compose("main").data.num_workers == min(8, cpus)
+
+
+def test_the_closing_line_names_the_limit_that_ended_training() -> None:
+    """train.py's last line says what ended training (test_train.py sees trainer.max_steps do it)."""
+    spec = importlib.util.spec_from_file_location("train_script", REPO / "train.py")
+    train_script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(train_script)
+    options = dict(logger=False, enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False)
+    timed = pl.Trainer(max_steps=600, max_time="00:00:00:00", **options)
+    assert train_script.stop_reason(timed) == "trainer.max_time reached after 0 s"
+    assert train_script.stop_reason(pl.Trainer(max_epochs=0, **options)) == "trainer.max_epochs=0 reached"
+    assert train_script.stop_reason(pl.Trainer(max_steps=600, **options)) == "stopped before its limits"
