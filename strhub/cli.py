@@ -1,12 +1,13 @@
 """Helpers shared by the entry points: train.py, test.py, read.py and the benchmarks."""
 import contextlib
 import ctypes
+import glob
 import itertools
 import logging
 import os
 import sys
 from pathlib import Path
-from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, Iterable, Iterator, List, Mapping, Optional, Sequence, Tuple, Union
 
 import torch
 from hydra import compose, initialize_config_dir
@@ -33,6 +34,9 @@ def worker_count(at_most: int) -> int:
     """Data-loading worker processes: `at_most`, and no more than the usable CPUs (more would only compete with
     the main process, and PyTorch warns about them)."""
     return max(0, min(at_most, usable_cpus()))
+
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 
 
 def register_resolvers() -> None:
@@ -80,6 +84,19 @@ def autocast_context(device: Union[str, torch.device], precision: str = "32") ->
     if precision not in dtypes:
         raise ValueError(f"precision must be one of 32, bf16, 16; got {precision!r}")
     return torch.autocast(torch.device(device).type, dtype=dtypes[precision])
+
+
+def list_images(inputs: List[str]) -> Iterator[Tuple[str, Path]]:
+    """(printed name, path) of every image: folders recursively in name order, then files and globs as given."""
+    for item in inputs:
+        path = Path(item)
+        if path.is_dir():
+            yield from sorted((p.relative_to(path).as_posix(), p) for p in path.rglob("*")
+                              if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+        elif any(char in item for char in "*?["):
+            yield from ((match, Path(match)) for match in sorted(glob.glob(item, recursive=True)))
+        else:
+            yield item, path
 
 
 def _int_list(value: str) -> List[int]:

@@ -41,6 +41,7 @@ def test_run_writes_checkpoints_logs_and_config(data_root: Path, tmp_path: Path)
     assert re.search(r"Training ended at step 3 of 3: trainer\.max_steps=3 reached; training loss \d+\.\d{4} "
                      r"\(mean of the last 1 batches\)", log)
     assert "Note: vl4str-tiny has a CLIP of its own shape" in proc.stdout + proc.stderr
+    assert (run_dir / "curves.png").stat().st_size > 0
 
 
 def test_killed_run_resumes_in_its_folder_from_its_latest_validation(data_root: Path, tmp_path: Path) -> None:
@@ -72,6 +73,7 @@ def test_killed_run_resumes_in_its_folder_from_its_latest_validation(data_root: 
     assert not orphan.exists() and f"Removed {orphan}" in output
     assert (run_dir / "config.yaml").read_text() == first_config and (run_dir / "config_1.yaml").is_file()
     assert "step 8: loss" in (run_dir / "train.log").read_text()
+    assert "Training curves: " in output and (run_dir / "curves.png").is_file()  # both starts, joined
 
     proc = train(data_root, tmp_path / "elsewhere", "trainer.max_steps=12", f"ckpt_path={last}", returncode=1)
     output = proc.stdout + proc.stderr

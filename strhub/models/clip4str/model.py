@@ -6,7 +6,8 @@ import torch
 from open_clip.model import CLIP
 from torch import Tensor, nn
 
-from strhub.models.clip import CaptionTokenizer, build_on_clip, clip_settings, encode_image_tokens, encode_text_tokens
+from strhub.models.clip import (CaptionTokenizer, build_on_clip, clip_settings, clip_token_grid, encode_image_tokens,
+                                encode_text_tokens)
 from strhub.models.decoder import Decoder, KeyValue, cloze_mask
 from strhub.models.recognizer import Recognizer
 from strhub.models.state_dicts import count_blocks, sub_state_dict
@@ -81,6 +82,19 @@ class CLIP4STR(Recognizer):
         """The input size (height, width)."""
         return tuple(self.clip_model.visual.image_size)
 
+    @property
+    def token_grid(self) -> Tuple[int, Tuple[int, int]]:
+        """CLS, then the patch grid; the CLS token alone with `clip_cls_eot_feature`. The cross decoder's
+        memory holds the caption's tokens after these."""
+        return (1, (0, 0)) if self.clip_cls_eot_feature else clip_token_grid(self.clip_model)
+
+    def named_decoders(self) -> Dict[str, Decoder]:
+        """The visual decoder, then the cross-modal one (whose memory is [image tokens ; caption tokens])."""
+        decoders = {"visual": self.visual_decoder}
+        if self.cross_decoder is not None:
+            decoders["cross"] = self.cross_decoder
+        return decoders
+
     def compile_image_encoder(self, **options: Any) -> None:
         """Runs the image encoder through `torch.compile` (same numbers, fused kernels)."""
         self.image_encoder = torch.compile(encode_image_tokens, **options)
@@ -119,22 +133,28 @@ class CLIP4STR(Recognizer):
         """For each tensor of visual logits (N, L, C), the cross decoder's keys and values of the text
         part of its memory: the CLIP encoding of the captions read off the logits. The captions of
         all the tensors are encoded together."""
-        captions = [caption for logits in visual_logits
-                    for caption in self.tokenizer.decode_fast(logits.detach().softmax(-1), self.charset_adapter)[0]]
+        captions = [caption for logits in visual_logits for caption in self.captions(logits)]
         text_kv = self.cross_decoder.memory_kv(self.encode_captions(captions, visual_logits[0].device))
         sizes = [len(logits) for logits in visual_logits]
         parts = [list(zip(key.split(sizes), value.split(sizes))) for key, value in text_kv]
         return [[layer[i] for layer in parts] for i in range(len(sizes))]
 
+    def captions(self, visual_logits: Tensor) -> List[str]:
+        """The captions read off visual logits (N, L, C), as the original reads them."""
+        return self.tokenizer.decode_fast(visual_logits.detach().softmax(-1), self.charset_adapter)[0]
+
     def encode_captions(self, captions: List[str], device: torch.device) -> Tensor:
         """CLIP text features of the captions (N, context_length, D)."""
-        token_ids = self.caption_tokenizer(captions, self.context_length).to(device)
+        return self.encode_caption_ids(self.caption_tokenizer(captions, self.context_length).to(device))
+
+    def encode_caption_ids(self, token_ids: Tensor) -> Tensor:
+        """CLIP text features of captions as CLIP token ids (N, context_length)."""
         with torch.set_grad_enabled(torch.is_grad_enabled() and not self.text_frozen):
             if self.cross_token_embeding:
                 return self.clip_model.token_embedding(token_ids)
             features = encode_text_tokens(self.clip_model, token_ids)
         if self.clip_cls_eot_feature:
-            features = features[torch.arange(len(features)), token_ids.argmax(-1)].unsqueeze(1)
+            features = features[torch.arange(features.shape[0]), token_ids.argmax(-1)].unsqueeze(1)
         return features
 
     @staticmethod
