@@ -16,7 +16,8 @@ setup(
     python_requires=">=3.9",
     packages=find_packages(include=["strhub", "strhub.*"]),
     install_requires=requirements,
-    extras_require={"test": ["pytest>=7"]},
+    # multilingual: a Hugging Face text tower for CLIP4STR's cross-modal branch (model.text_tower)
+    extras_require={"test": ["pytest>=7"], "multilingual": ["transformers>=5.0,<6", "tokenizers>=0.22"]},
     entry_points={"console_scripts": [
         "strhub-create-lmdb = strhub.tools.create_lmdb:main",
         "strhub-inspect-lmdb = strhub.tools.inspect_lmdb:main",
