@@ -1,6 +1,8 @@
 """CLIP4STR with a Hugging Face text tower (model.text_tower): a tiny XLM-RoBERTa built here with random weights and
 a tokenizer trained here runs the whole model and a training step, and its checkpoint loads in a fresh process
-without the folder; captions are read with the tower's tokenizer and attention mask; the architecture is open_clip's."""
+without the folder (load_model, load_from_checkpoint, read.py); captions are read with the tower's tokenizer and
+attention mask; the architecture is open_clip's."""
+import json
 import os
 import shutil
 import subprocess
@@ -72,11 +74,18 @@ def test_hf_tower_trains_and_its_checkpoint_loads_without_the_folder(tmp_path, c
               "with torch.inference_mode():\n"
               "    for model in (load_model(sys.argv[2]).eval(), load_from_checkpoint(sys.argv[2]).eval()):\n"
               "        assert torch.allclose(model(images), expected, atol=1e-5, rtol=0)\n"
-              "print('same logits')\n")
-    proc = subprocess.run([sys.executable, "-c", script, str(checkpoint), str(saved), str(tmp_path / "expected.pt")],
+              "print('same logits')\n"
+              "import runpy\n"
+              "sys.argv = ['read.py', sys.argv[2], sys.argv[4], '--json']\n"
+              "runpy.run_path('read.py', run_name='__main__')\n")
+    image = REPO / "misc" / "test_images" / "cute-184.jpg"
+    proc = subprocess.run([sys.executable, "-c", script, str(checkpoint), str(saved), str(tmp_path / "expected.pt"),
+                           str(image)],
                           cwd=REPO, capture_output=True, text=True, timeout=300,
                           env={**os.environ, "HF_HUB_OFFLINE": "1"})
     assert proc.returncode == 0 and "same logits" in proc.stdout, proc.stderr[-3000:]
+    (read,) = json.loads(proc.stdout.split("same logits", 1)[1])  # read.py too
+    assert read["file"] == str(image) and isinstance(read["text"], str)
 
 
 def test_captions_are_read_with_the_towers_tokenizer_and_attention_mask(hf_folder):
