@@ -6,6 +6,7 @@ as the original) or, for other languages, a Hugging Face model beside open_clip'
 (`strhub.models.hf_tower`, chosen with `model.text_tower`). Either gives the joint width, the blocks
 that `text_freeze_nlayer` counts, the caption tokenizer, and the features of every token position.
 """
+from abc import ABC, abstractmethod
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 import torch
@@ -15,7 +16,7 @@ from torch import Tensor, nn
 from strhub.models.clip import CaptionTokenizer, ClipArch, create_clip, encode_text_tokens, is_hf_arch
 
 
-class TextTower:
+class TextTower(ABC):
     """A CLIP text tower as the cross-modal branch uses it. It is not a module: the weights stay in the
     CLIP model `clip` (and in its state-dict layout)."""
 
@@ -26,43 +27,43 @@ class TextTower:
         self.context_length = context_length
 
     @property
+    @abstractmethod
     def embed_dim(self) -> int:
         """The joint width of image and text features."""
-        raise NotImplementedError
 
     @property
+    @abstractmethod
     def blocks(self) -> nn.ModuleList:
         """The transformer blocks, in order (`text_freeze_nlayer` freezes those below it)."""
-        raise NotImplementedError
 
     @property
+    @abstractmethod
     def module(self) -> nn.Module:
         """The module that holds the blocks (its weights are laid out for few rows out of training)."""
-        raise NotImplementedError
 
+    @abstractmethod
     def tokenize(self, captions: List[str], device: torch.device) -> Tensor:
         """Token ids (N, context_length), padded and truncated."""
-        raise NotImplementedError
 
+    @abstractmethod
     def token_features(self, token_ids: Tensor) -> Tensor:
         """Features of every token position, projected to the joint width: (N, L, D)."""
-        raise NotImplementedError
 
+    @abstractmethod
     def pooled_features(self, token_ids: Tensor) -> Tensor:
         """The tower's one feature per caption, projected: (N, 1, D)."""
-        raise NotImplementedError
 
+    @abstractmethod
     def token_embeddings(self, token_ids: Tensor) -> Tensor:
         """The input token embeddings, at the joint width: (N, L, D)."""
-        raise NotImplementedError
 
+    @abstractmethod
     def embeddings(self) -> List[nn.Module]:
         """The modules before the blocks, frozen with any of them."""
-        raise NotImplementedError
 
+    @abstractmethod
     def head(self) -> List[nn.Module]:
         """The modules after the blocks, frozen with all of them."""
-        raise NotImplementedError
 
     def settings(self) -> Optional[Dict[str, Any]]:
         """What the hyper-parameters keep to rebuild the tower (`model.text_tower`)."""
