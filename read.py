@@ -10,36 +10,21 @@ files and glob matches are printed as given. The text is the model's raw predict
 others are still read. Extra arguments `name:type=value` override the model's hyper-parameters.
 """
 import argparse
-import glob
 import json
 import re
 import sys
 from pathlib import Path
-from typing import Any, Callable, Dict, Iterator, List, Tuple
+from typing import Any, Callable, Dict, List, Tuple
 
 import torch
 from PIL import Image
 from tqdm import tqdm
 
-from strhub.cli import autocast_context, default_device, parse_model_args, reuse_freed_memory
+from strhub.cli import autocast_context, default_device, list_images, parse_model_args, reuse_freed_memory
 from strhub.data.transforms import get_transform
 from strhub.models.checkpoint import InvalidCheckpointError, best_checkpoint, load_model
 
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 MODEL_ARG = re.compile(r"^\w+:\w+=")
-
-
-def list_images(inputs: List[str]) -> Iterator[Tuple[str, Path]]:
-    """(printed name, path) of every image: folders recursively in name order, then files and globs as given."""
-    for item in inputs:
-        path = Path(item)
-        if path.is_dir():
-            yield from sorted((p.relative_to(path).as_posix(), p) for p in path.rglob("*")
-                              if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
-        elif any(char in item for char in "*?["):
-            yield from ((match, Path(match)) for match in sorted(glob.glob(item, recursive=True)))
-        else:
-            yield item, path
 
 
 def read_batch(model: torch.nn.Module, transform: Callable, batch: List[Tuple[str, Path]], device: torch.device,

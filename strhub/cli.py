@@ -3,15 +3,19 @@ import collections.abc
 import contextlib
 import ctypes
 import difflib
+import glob
 import inspect
 import typing
-from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Union
+from pathlib import Path
+from typing import Any, Callable, Dict, Iterable, Iterator, List, Mapping, Optional, Tuple, Union
 
 import torch
 from hydra.utils import to_absolute_path
 from omegaconf import OmegaConf
 
 from strhub.data.utils import load_charset
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 
 
 def register_resolvers() -> None:
@@ -47,6 +51,19 @@ def autocast_context(device: Union[str, torch.device], precision: str = "32") ->
     if precision not in dtypes:
         raise ValueError(f"precision must be one of 32, bf16, 16; got {precision!r}")
     return torch.autocast(torch.device(device).type, dtype=dtypes[precision])
+
+
+def list_images(inputs: List[str]) -> Iterator[Tuple[str, Path]]:
+    """(printed name, path) of every image: folders recursively in name order, then files and globs as given."""
+    for item in inputs:
+        path = Path(item)
+        if path.is_dir():
+            yield from sorted((p.relative_to(path).as_posix(), p) for p in path.rglob("*")
+                              if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+        elif any(char in item for char in "*?["):
+            yield from ((match, Path(match)) for match in sorted(glob.glob(item, recursive=True)))
+        else:
+            yield item, path
 
 
 def _int_list(value: str) -> List[int]:

@@ -97,6 +97,9 @@ def test_captions_are_read_with_the_towers_tokenizer_and_attention_mask(hf_folde
     length = ids[0].tolist().index(2) + 1  # <s> caption </s>, then <pad>
     assert ids[0, 0] == 0 and length >= 5 and ids[0, length:].eq(1).all()
     assert ids[1, 0] == 0 and ids[1, -1] == 2 and not ids[1].eq(1).any()  # truncated, </s> kept
+    labels = tower.token_labels(["東京 мир hello"])[0]  # what explain.py names the memory's text tokens
+    assert len(labels) == 16 and labels[0] == "<s>" and labels[length - 1] == "</s>" and not any(labels[length:])
+    assert "".join(labels[1:length - 1]).replace("▁", " ").strip() == "東京 мир hello"
 
     text = tower.clip.text
     with torch.no_grad():

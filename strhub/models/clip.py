@@ -248,6 +248,11 @@ def vision_features(clip: CLIP, images: Tensor, capture: Sequence[int] = ()) -> 
     return visual.ln_post(x), [inputs[i] for i in capture]
 
 
+def clip_token_grid(clip: CLIP) -> Tuple[int, Tuple[int, int]]:
+    """CLIP's image tokens: the CLS token, then the patch grid (rows, columns)."""
+    return 1, tuple(clip.visual.grid_size)
+
+
 def encode_image_tokens(clip: CLIP, images: Tensor, projection: bool = True) -> Tensor:
     """All image tokens (CLS first) after `ln_post`, projected to the joint space unless told not
     to: (N, 1 + grid, D)."""

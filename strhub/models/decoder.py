@@ -8,7 +8,9 @@ its two decoders (`Decoder`); PARSeq and STR-Adapter keep the layers and final n
 
 Attention runs through `scaled_dot_product_attention` on the weights of `nn.MultiheadAttention`
 modules (kept for their state-dict names). The keys and values of a decoder's memory are projected
-once per pass, and greedy decoding caches the content keys and values of past positions.
+once per pass, and greedy decoding caches the content keys and values of past positions. Inside an
+`AttentionRecorder` (`strhub.models.recording`) the passes also hand their query stream's cross-attention
+weights and their logits to it, without changing what they compute.
 """
 import math
 from typing import List, Optional, Tuple
@@ -16,6 +18,8 @@ from typing import List, Optional, Tuple
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+
+from strhub.models.recording import record_logits, record_memory, record_pass, record_weights
 
 KeyValue = Tuple[Tensor, Tensor]
 
@@ -39,11 +43,14 @@ def project_q(attn: nn.MultiheadAttention, x: Tensor) -> Tensor:
     return _heads(F.linear(x, attn.in_proj_weight[:dim], attn.in_proj_bias[:dim]), attn.num_heads)
 
 
-def attend(attn: nn.MultiheadAttention, q: Tensor, kv: KeyValue, mask: Optional[Tensor] = None) -> Tensor:
+def attend(attn: nn.MultiheadAttention, q: Tensor, kv: KeyValue, mask: Optional[Tensor] = None,
+           record: bool = False) -> Tensor:
     """Multi-head attention of projected queries (N, H, L, D / H) over projected keys and values;
-    `mask` is additive."""
+    `mask` is additive. With `record`, its weights also go to the active recorder."""
     dropout = attn.dropout if attn.training else 0.0
     out = F.scaled_dot_product_attention(q, kv[0], kv[1], attn_mask=mask, dropout_p=dropout)
+    if record:
+        record_weights(attn, q, kv[0], mask)
     return attn.out_proj(out.transpose(1, 2).flatten(2))
 
 
@@ -83,18 +90,21 @@ class DecoderLayer(nn.Module):
         self.dropout2 = nn.Dropout(dropout)
         self.dropout3 = nn.Dropout(dropout)
 
-    def stream(self, x: Tensor, q: Tensor, self_kv: KeyValue, memory_kv: KeyValue, mask: Optional[Tensor]) -> Tensor:
+    def stream(self, x: Tensor, q: Tensor, self_kv: KeyValue, memory_kv: KeyValue, mask: Optional[Tensor],
+               record: bool = False) -> Tensor:
         """One stream: self-attention of its projected queries `q` over the content keys/values,
-        cross-attention over the memory, MLP."""
+        cross-attention over the memory (recorded with `record`), MLP."""
         x = x + self.dropout1(attend(self.self_attn, q, self_kv, mask))
-        x = x + self.dropout2(attend(self.cross_attn, project_q(self.cross_attn, self.norm1(x)), memory_kv))
+        x = x + self.dropout2(attend(self.cross_attn, project_q(self.cross_attn, self.norm1(x)), memory_kv,
+                                     record=record))
         return x + self.dropout3(self.linear2(self.dropout(F.gelu(self.linear1(self.norm2(x))))))
 
     def forward(self, query: Tensor, content: Tensor, memory_kv: KeyValue, query_mask: Optional[Tensor],
                 content_mask: Optional[Tensor], update_content: bool) -> Tuple[Tensor, Tensor]:
         content_norm = self.norm_c(content)
         content_kv = project_kv(self.self_attn, content_norm)
-        query = self.stream(query, project_q(self.self_attn, self.norm_q(query)), content_kv, memory_kv, query_mask)
+        query = self.stream(query, project_q(self.self_attn, self.norm_q(query)), content_kv, memory_kv, query_mask,
+                            record=True)
         if update_content:
             content = self.stream(content, project_q(self.self_attn, content_norm), content_kv, memory_kv,
                                   content_mask)
@@ -173,6 +183,7 @@ class CharDecoder(nn.Module):
 
     def memory_kv(self, memory: Tensor) -> List[KeyValue]:
         """Each layer's cross-attention keys and values of `memory`."""
+        memory = record_memory(self, memory)
         return [project_kv(layer.cross_attn, memory) for layer in self.layers]
 
     def embed_content(self, tokens: Tensor) -> Tensor:
@@ -186,6 +197,7 @@ class CharDecoder(nn.Module):
                padding_mask: Optional[Tensor] = None) -> Tensor:
         """Logits (N, Q, C) for the queries (default: the first L position queries) given the context
         `tokens` (N, L), BOS first. Masks are additive (Q, L) / (L, L); `padding_mask` is (N, L)."""
+        record_pass(self, greedy=False)
         content = self.dropout(self.embed_content(tokens))
         if queries is None:
             queries = self.pos_queries[:, :tokens.shape[1]].expand(tokens.shape[0], -1, -1)
@@ -195,16 +207,17 @@ class CharDecoder(nn.Module):
         for i, layer in enumerate(self.layers):
             query, content = layer(query, content, memory_kv[i], query_mask, content_mask,
                                    update_content=i < len(self.layers) - 1)
-        return self.head(self.norm(query))
+        return record_logits(self, self.head(self.norm(query)))
 
     def start(self, memory_kv: List[KeyValue], num_steps: int) -> DecodeState:
+        record_pass(self, greedy=True)
         return DecodeState(self, memory_kv, num_steps)
 
     def step(self, state: DecodeState, token: Tensor, position: int) -> Tensor:
-        """One greedy step (inference only): adds content position `position` holding `token` (N,)
-        and returns the logits (N, C) of the query at that position, which sees every content
-        position so far. Works on (N, D) rows with the layers' weights directly: calling the modules
-        costs 10-20 % more on a CPU at batch 1."""
+        """One greedy step (eval mode; gradients flow through it): adds content position `position`
+        holding `token` (N,) and returns the logits (N, C) of the query at that position, which sees
+        every content position so far. Works on (N, D) rows with the layers' weights directly:
+        calling the modules costs 10-20 % more on a CPU at batch 1."""
         content = state.embeddings[token]
         if position:
             content = content + state.positions[position - 1]
@@ -223,8 +236,8 @@ class CharDecoder(nn.Module):
             if i < len(self.layers) - 1:
                 content_q = _rows_to_heads(F.linear(content_norm, q_w, q_b), num_heads)
                 content = _stream_rows(layer, content, content_q, self_kv, memory_kv, cross_q_w, cross_q_b)
-            query = _stream_rows(layer, query, q, self_kv, memory_kv, cross_q_w, cross_q_b)
-        return F.linear(_layer_norm(self.norm, query), self.head.weight, self.head.bias)
+            query = _stream_rows(layer, query, q, self_kv, memory_kv, cross_q_w, cross_q_b, record=True)
+        return record_logits(self, F.linear(_layer_norm(self.norm, query), self.head.weight, self.head.bias))
 
 
 class Decoder(CharDecoder):
@@ -297,17 +310,20 @@ def _rows_to_heads(x: Tensor, num_heads: int) -> Tensor:
     return x.view(len(x), num_heads, 1, -1)
 
 
-def _attend_rows(q: Tensor, kv: KeyValue, out_proj: nn.Linear) -> Tensor:
-    """Attention of one query per sample (N, H, 1, D / H), projected out: (N, D)."""
+def _attend_rows(attn: nn.MultiheadAttention, q: Tensor, kv: KeyValue, record: bool = False) -> Tensor:
+    """Attention of one query per sample (N, H, 1, D / H), projected out: (N, D). With `record`, its
+    weights also go to the active recorder."""
     out = F.scaled_dot_product_attention(q, kv[0], kv[1])
-    return F.linear(out.view(len(out), -1), out_proj.weight, out_proj.bias)
+    if record:
+        record_weights(attn, q, kv[0])
+    return F.linear(out.view(len(out), -1), attn.out_proj.weight, attn.out_proj.bias)
 
 
 def _stream_rows(layer: DecoderLayer, x: Tensor, q: Tensor, self_kv: KeyValue, memory_kv: KeyValue,
-                 cross_q_w: Tensor, cross_q_b: Tensor) -> Tensor:
+                 cross_q_w: Tensor, cross_q_b: Tensor, record: bool = False) -> Tensor:
     """`DecoderLayer.stream` in eval mode for one position per sample, on (N, D) rows."""
-    x = x + _attend_rows(q, self_kv, layer.self_attn.out_proj)
+    x = x + _attend_rows(layer.self_attn, q, self_kv)
     cross_q = _rows_to_heads(F.linear(_layer_norm(layer.norm1, x), cross_q_w, cross_q_b), q.shape[1])
-    x = x + _attend_rows(cross_q, memory_kv, layer.cross_attn.out_proj)
+    x = x + _attend_rows(layer.cross_attn, cross_q, memory_kv, record=record)
     hidden = F.gelu(F.linear(_layer_norm(layer.norm2, x), layer.linear1.weight, layer.linear1.bias))
     return x + F.linear(hidden, layer.linear2.weight, layer.linear2.bias)

@@ -77,6 +77,11 @@ class HFTextTower(TextTower):
         ids = {caption: self.caption_tokenizer.encode(caption).ids for caption in set(captions)}
         return torch.tensor([ids[caption] for caption in captions], dtype=torch.long, device=device)
 
+    def token_labels(self, captions: List[str]) -> List[Tuple[str, ...]]:
+        """The tokenizer's tokens, special ones included."""
+        return [tuple(token if mask else "" for token, mask in zip(encoding.tokens, encoding.attention_mask))
+                for encoding in self.caption_tokenizer.encode_batch(captions)]
+
     def _encode(self, token_ids: Tensor) -> Tuple[Any, Tensor]:
         """The transformer's output and the attention mask (1 on tokens, 0 on padding)."""
         mask = (token_ids != self.pad_id).long()

@@ -46,6 +46,10 @@ class TextTower(ABC):
         """Token ids (N, context_length), padded and truncated."""
 
     @abstractmethod
+    def token_labels(self, captions: List[str]) -> List[Tuple[str, ...]]:
+        """Per caption, the text of each of its `context_length` token positions (empty for the padding)."""
+
+    @abstractmethod
     def token_features(self, token_ids: Tensor) -> Tensor:
         """Features of every token position, projected to the joint width: (N, L, D)."""
 
@@ -109,6 +113,17 @@ class CLIPTextTower(TextTower):
 
     def tokenize(self, captions: List[str], device: torch.device) -> Tensor:
         return self.caption_tokenizer(captions, self.context_length).to(device)
+
+    def token_labels(self, captions: List[str]) -> List[Tuple[str, ...]]:
+        """BPE tokens without their end-of-word marks, between `<start>` and `<end>`."""
+        tokenizer = self.caption_tokenizer
+        special = {tokenizer.sot_token_id: "<start>", tokenizer.eot_token_id: "<end>"}
+        labels = []
+        for row in tokenizer(captions, self.context_length).tolist():
+            end = row.index(tokenizer.eot_token_id) if tokenizer.eot_token_id in row else len(row) - 1
+            labels.append(tuple(special.get(i, tokenizer.decoder[i].replace("</w>", "")) if k <= end else ""
+                                for k, i in enumerate(row)))
+        return labels
 
     def token_features(self, token_ids: Tensor) -> Tensor:
         return encode_text_tokens(self.clip, token_ids)

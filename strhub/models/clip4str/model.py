@@ -5,7 +5,7 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 import torch
 from torch import Tensor, nn
 
-from strhub.models.clip import arguments_from, clip_settings, encode_image_tokens
+from strhub.models.clip import arguments_from, clip_settings, clip_token_grid, encode_image_tokens
 from strhub.models.decoder import Decoder, KeyValue, cloze_mask
 from strhub.models.recognizer import Recognizer
 from strhub.models.state_dicts import count_blocks, sub_state_dict
@@ -70,6 +70,19 @@ class CLIP4STR(Recognizer):
         """The input size (height, width)."""
         return tuple(self.clip_model.visual.image_size)
 
+    @property
+    def token_grid(self) -> Tuple[int, Tuple[int, int]]:
+        """CLS, then the patch grid; the CLS token alone with `clip_cls_eot_feature`. The cross decoder's
+        memory holds the caption's tokens after these."""
+        return (1, (0, 0)) if self.clip_cls_eot_feature else clip_token_grid(self.clip_model)
+
+    def named_decoders(self) -> Dict[str, Decoder]:
+        """The visual decoder, then the cross-modal one (whose memory is [image tokens ; caption tokens])."""
+        decoders = {"visual": self.visual_decoder}
+        if self.cross_decoder is not None:
+            decoders["cross"] = self.cross_decoder
+        return decoders
+
     def compile_image_encoder(self, **options: Any) -> None:
         """Runs the image encoder through `torch.compile` (same numbers, fused kernels)."""
         self.image_encoder = torch.compile(encode_image_tokens, **options)
@@ -106,12 +119,15 @@ class CLIP4STR(Recognizer):
         """For each tensor of visual logits (N, L, C), the cross decoder's keys and values of the text
         part of its memory: the CLIP encoding of the captions read off the logits. The captions of
         all the tensors are encoded together."""
-        captions = [caption for logits in visual_logits
-                    for caption in self.tokenizer.decode_fast(logits.detach().softmax(-1), self.charset_adapter)[0]]
+        captions = [caption for logits in visual_logits for caption in self.captions(logits)]
         text_kv = self.cross_decoder.memory_kv(self.encode_captions(captions, visual_logits[0].device))
         sizes = [len(logits) for logits in visual_logits]
         parts = [list(zip(key.split(sizes), value.split(sizes))) for key, value in text_kv]
         return [[layer[i] for layer in parts] for i in range(len(sizes))]
+
+    def captions(self, visual_logits: Tensor) -> List[str]:
+        """The captions read off visual logits (N, L, C), as the original reads them."""
+        return self.tokenizer.decode_fast(visual_logits.detach().softmax(-1), self.charset_adapter)[0]
 
     def encode_captions(self, captions: List[str], device: torch.device) -> Tensor:
         """Text features of the captions: those of every token position (N, context_length, D), the tower's
