@@ -25,7 +25,8 @@ CAPTION_DECODER = "cross"  # CLIP4STR's cross-modal decoder, whose memory ends w
 @dataclass(frozen=True)
 class MemoryLayout:
     """What a decoder's memory holds: `prefix` tokens (CLS) before the patch grid `grid` (rows, columns, in
-    row-major order), then caption tokens, `text` naming each (the CLIP BPE token; empty for padding)."""
+    row-major order), then caption tokens, `text` naming each (the text tower's token, CLIP's BPE by default; empty
+    for padding)."""
 
     prefix: int
     grid: Tuple[int, int]
