@@ -15,6 +15,7 @@ from safetensors.torch import load_file
 from torch import nn
 
 from conftest import MULTILINGUAL_WORDS, TINY_HF_ARCH, make_hf_folder
+from strhub.deploy.export import MIN_OPSET, ExportError, export_onnx
 from strhub.models.clip import arch_from_name, mlp
 from strhub.models.utils import create_model
 
@@ -143,6 +144,12 @@ def test_the_xlmr_experiment_builds_open_clips_multilingual_clip(tmp_path):
     # open_clip's image towers as they were pretrained: ViT-H/14 with 80-wide heads, QuickGELU where they had it
     assert arch_from_name("xlm-roberta-large-ViT-H-14")["vision_cfg"]["head_width"] == 80
     assert arch_from_name("roberta-ViT-B-32")["quick_gelu"] and not arch_from_name("ViT-H-14").get("quick_gelu")
+
+
+def test_the_onnx_export_refuses_a_hugging_face_tower(tmp_path, hf_folder):
+    with pytest.raises(ExportError, match="Hugging Face text tower .* the ONNX reader tokenises captions with CLIP's"):
+        export_onnx(_hf_system(hf_folder).model, tmp_path, opset=MIN_OPSET, atol=1e-4)
+    assert not list(tmp_path.iterdir())
 
 
 def test_text_tower_settings_are_checked(tmp_path, hf_folder):

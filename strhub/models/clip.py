@@ -220,9 +220,10 @@ def mlp(block: nn.Module, x: Tensor) -> Tensor:
     """The block's MLP. Its activation is QuickGELU in CLIP4STR's CLIP (only an open_clip image tower
     beside a Hugging Face text tower may have GELU): out of autograd, QuickGELU runs in place and, on a
     CPU, a band of rows at a time, so that each band stays in cache: the same numbers, about 5 % less
-    image-encoder time at batch 8."""
+    image-encoder time at batch 8 (not in an ONNX export, whose graph would keep the bands of the example
+    batch)."""
     hidden = block.mlp.c_fc(x)
-    if hidden.requires_grad or not isinstance(block.mlp.gelu, QuickGELU):
+    if hidden.requires_grad or torch.onnx.is_in_onnx_export() or not isinstance(block.mlp.gelu, QuickGELU):
         return block.mlp.c_proj(block.mlp.gelu(hidden))
     rows = hidden.view(-1, hidden.shape[-1])
     band_rows = QUICK_GELU_BAND_ROWS if rows.device.type == "cpu" else len(rows)
@@ -286,9 +287,12 @@ def encode_text_tokens(clip: CLIP, token_ids: Tensor) -> Tensor:
     Under the causal mask a position's features depend only on the tokens up to it, so positions
     that share them (a common start of two captions, or a caption given twice) are computed once:
     the blocks' projections and MLPs run on the distinct prefixes only, and only the attention itself on
-    every caption."""
+    every caption. An ONNX export computes every position (the grouping depends on the tokens)."""
     batch, length = token_ids.shape
-    first, groups = (index.to(token_ids.device) for index in shared_prefixes(token_ids.cpu()))
+    if torch.onnx.is_in_onnx_export():
+        first = groups = torch.arange(batch * length, device=token_ids.device)
+    else:
+        first, groups = (index.to(token_ids.device) for index in shared_prefixes(token_ids.cpu()))
     positions = first % length
     x = clip.token_embedding(token_ids.flatten()[first]) + clip.positional_embedding[positions]
     causal = torch.full((length, length), float("-inf"), dtype=x.dtype, device=x.device).triu(1)

@@ -130,7 +130,7 @@ class CLIPTextTower(TextTower):
 
     def pooled_features(self, token_ids: Tensor) -> Tensor:
         features = self.token_features(token_ids)
-        return features[torch.arange(len(features)), token_ids.argmax(-1)].unsqueeze(1)
+        return features[torch.arange(features.shape[0]), token_ids.argmax(-1)].unsqueeze(1)
 
     def token_embeddings(self, token_ids: Tensor) -> Tensor:
         return self.clip.token_embedding(token_ids)

@@ -132,7 +132,10 @@ class CLIP4STR(Recognizer):
     def encode_captions(self, captions: List[str], device: torch.device) -> Tensor:
         """Text features of the captions: those of every token position (N, context_length, D), the tower's
         pooled one alone (N, 1, D) if so configured, or the raw token embeddings."""
-        token_ids = self.text_tower.tokenize(captions, device)
+        return self.encode_caption_ids(self.text_tower.tokenize(captions, device))
+
+    def encode_caption_ids(self, token_ids: Tensor) -> Tensor:
+        """Text features (see `encode_captions`) of captions as the text tower's token ids (N, context_length)."""
         with torch.set_grad_enabled(torch.is_grad_enabled() and not self.text_frozen):
             if self.cross_token_embeding:
                 return self.text_tower.token_embeddings(token_ids)
