@@ -5,16 +5,20 @@ no CLIP or checkpoint file is needed. Configuration: configs/bench.yaml.
     python bench.py +experiment=vl4str-large device=cuda throughput_batch=128
 
 Random weights rarely predict the end of a word early, so decoding tends to run all max_label_length + 1 steps:
-the timings are an upper bound for a trained model.
+the timings are an upper bound for a trained model. A key the config or the model does not take, and a device
+that is not there, end it with one line naming them.
 """
+import sys
+
 import hydra
 import torch
 from hydra.utils import instantiate
-from omegaconf import DictConfig
-from torch.utils.benchmark import Timer
+from omegaconf import DictConfig, OmegaConf
 from torch.utils.flop_counter import FlopCounterMode
 
-from strhub.cli import autocast_context, default_device, register_resolvers, reuse_freed_memory
+from strhub.cli import (autocast_context, check_command_line, check_sections, default_device, register_resolvers,
+                        reuse_freed_memory)
+from strhub.keys import ConfigError
 from strhub.models.registry import without_weight_files
 
 register_resolvers()
@@ -22,6 +26,7 @@ register_resolvers()
 
 def seconds_per_call(model: torch.nn.Module, images: torch.Tensor, min_run_time: float) -> float:
     """Median wall time of one forward pass (CUDA is synchronised by the timer)."""
+    from torch.utils.benchmark import Timer  # imported here: on a machine without CUDA, importing it logs a warning
     timer = Timer(stmt="model(images)", globals={"model": model, "images": images},
                   num_threads=torch.get_num_threads())
     return timer.blocked_autorange(min_run_time=min_run_time).median
@@ -30,7 +35,11 @@ def seconds_per_call(model: torch.nn.Module, images: torch.Tensor, min_run_time:
 @hydra.main(config_path="configs", config_name="bench", version_base="1.3")
 @torch.inference_mode()
 def main(config: DictConfig) -> None:
-    device = default_device(config.device)
+    try:
+        check_sections(OmegaConf.to_container(config, resolve=True))
+        device = default_device(config.device)
+    except ConfigError as err:
+        sys.exit(f"bench.py: error: {err}")
     reuse_freed_memory()
     model = instantiate(config.model, **without_weight_files(config.model)).eval().to(device)
     total = sum(p.numel() for p in model.parameters())
@@ -43,7 +52,8 @@ def main(config: DictConfig) -> None:
             model(single)
         latency = seconds_per_call(model, single, config.min_run_time)
         throughput = config.throughput_batch / seconds_per_call(model, batch, config.min_run_time)
-    print(f"Model: {config.model.name}, input {height}x{width}, device {device}, precision {config.precision}")
+    print(f"Model: {config.model.name}, input {height}x{width}, device {device}, precision {config.precision}, "
+          f"random weights (no weight file is read)")
     print(f"Parameters: {total / 1e6:.2f} M total, {trainable / 1e6:.2f} M trainable")
     print(f"FLOPs (batch 1): {counter.get_total_flops() / 1e9:.2f} GFLOPs")
     print(f"Latency (batch 1): {1000 * latency:.2f} ms")
@@ -51,4 +61,5 @@ def main(config: DictConfig) -> None:
 
 
 if __name__ == "__main__":
+    check_command_line("bench")
     main()

@@ -1,11 +1,10 @@
 """Each family's small config learns: trained on a fixed set of rendered words, it reads those same images back,
 and every trainable tensor has moved; CLIP4STR's and PARSeq's do so with words in seven scripts over a charset of
-3,888 characters, 3,755 of them Chinese. About a minute of CPU per family and test on an idle 2-core machine; the
-tests run on one thread, so that a busy machine slows them in proportion (two threads on two busy cores wait on
-each other at every operation)."""
+3,888 characters, 3,755 of them Chinese. About a minute of CPU per family and test on an idle 2-core machine, with
+the one torch thread that conftest.py sets, so that a busy machine slows them in proportion to its load."""
 import shutil
 from pathlib import Path
-from typing import Dict, Iterator
+from typing import Dict
 
 import pytest
 import pytorch_lightning as pl
@@ -40,14 +39,6 @@ def train_and_validate(model: pl.LightningModule, root: Path, steps: int = STEPS
     trainer.fit(model, datamodule=datamodule)
     return pl.Trainer(accelerator="cpu", logger=False, enable_progress_bar=False).validate(
         model, datamodule=datamodule, verbose=False)[0]
-
-
-@pytest.fixture(autouse=True)
-def one_thread() -> Iterator[None]:
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.mark.parametrize("experiment", ["tiny", "str_adapter-mini", "parseq-mini"])

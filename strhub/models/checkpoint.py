@@ -10,16 +10,17 @@ import logging
 import re
 import warnings
 from pathlib import Path
-from typing import Any, Dict, FrozenSet, Mapping, Tuple, Union
+from typing import Any, Dict, FrozenSet, Mapping, Optional, Tuple, Union
 
 import torch
 from torch import Tensor, nn
 
 from strhub.models.layout import return_freed_memory
-from strhub.models.registry import (FAMILIES, Family, check_keys, experiment_family, experiments, known_settings,
-                                    model_config, without_weight_files)
+from strhub.keys import check_keys
+from strhub.models.registry import (FAMILIES, Family, experiment_family, experiments, known_settings, model_config,
+                                    without_weight_files)
 from strhub.models.safe_load import InvalidCheckpointError, safe_load
-from strhub.models.state_dicts import sub_state_dict
+from strhub.models.state_dicts import merge_settings, sub_state_dict
 
 log = logging.getLogger(__name__)
 
@@ -61,9 +62,12 @@ def architecture(state_dict: Mapping[str, Tensor]) -> FrozenSet[Tuple[str, Tuple
 
 
 @functools.lru_cache(maxsize=None)
-def experiment_architecture(experiment: str) -> FrozenSet[Tuple[str, Tuple[int, ...]]]:
-    """The architecture of an experiment config's model (built on the meta device)."""
+def experiment_architecture(experiment: str) -> Optional[FrozenSet[Tuple[str, Tuple[int, ...]]]]:
+    """The architecture of an experiment config's model (built on the meta device); None for one with a
+    Hugging Face text tower, which needs its folder (and whose checkpoints are never plain state dicts)."""
     config = model_config(experiment)
+    if config.get("text_tower"):
+        return None
     config.update(without_weight_files(config))
     with torch.device("meta"):
         return architecture(experiment_family(experiment).build_model(config).state_dict())
@@ -97,20 +101,25 @@ def registered_settings(family: Family, state_dict: Mapping[str, Tensor], path: 
     return settings
 
 
-def read_model_checkpoint(path: Path, overrides: Mapping[str, Any]) -> Tuple[Family, Dict[str, Tensor], Dict[str, Any]]:
+def read_model_checkpoint(path: Path, overrides: Mapping[str, Any],
+                          system: bool = False) -> Tuple[Family, Dict[str, Tensor], Dict[str, Any]]:
     """The family, the model's state dict (floating tensors as float32) and its full config: settings
     come from the checkpoint's hyper-parameters where it has them, else from the configs; the
-    architecture is read off the tensors, and `overrides` win over both."""
+    architecture is read off the tensors (what they cannot tell, such as a Hugging Face text tower's pooler,
+    is kept), and `overrides` win over both. Overrides of keys the family does not take, or of the wrong
+    type, are refused (ConfigError; `system`: typed as the Lightning system's settings, see
+    `known_settings`); the checkpoint's own hyper-parameters are read as they are."""
     state_dict, hparams = read_checkpoint(path)
     family, state_dict = identify(state_dict, path)
-    check_keys(overrides, known_settings(family), f"setting for a {family.name} model")
+    check_keys(overrides, known_settings(family, system), f"setting for a {family.name} model")
     config = model_config(model=family.name)
     if hparams:
         config.update({key: value for key, value in family.legacy_fallbacks.items() if key not in hparams})
         config.update(hparams)
     else:
         config.update(registered_settings(family, state_dict, path, overrides))
-    config.update(family.settings_from_state_dict(state_dict, overrides.get("img_size", config.get("img_size"))))
+    config = merge_settings(config, family.settings_from_state_dict(state_dict, overrides.get("img_size",
+                                                                                             config.get("img_size"))))
     config.update(overrides)
     num_classes = state_dict["head.weight" if "head.weight" in state_dict else "visual_decoder.head.weight"].shape[0]
     if len(config["charset_train"]) != num_classes - 1:
@@ -144,7 +153,7 @@ def assign_weights(model: nn.Module, state_dict: Mapping[str, Tensor], family: F
         raise InvalidCheckpointError(f"{path} does not fit the model it describes: {err}; "
                                      f"{_settings_hint(family)}") from err
     clip = getattr(model, "clip_model", None)
-    if clip is not None:  # open_clip's causal mask is an unsaved buffer
+    if isinstance(getattr(clip, "attn_mask", None), Tensor):  # open_clip's causal mask is an unsaved buffer
         clip.attn_mask = torch.full(clip.attn_mask.shape, float("-inf")).triu(1)
     model.to("cpu")
     return_freed_memory()
