@@ -20,6 +20,11 @@ TINY_ARCH = {
 }
 
 
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "slow: a long test whose behaviour a fast test also covers "
+                                       "(deselect with -m 'not slow')")
+
 def make_tiny_model(**overrides) -> CLIP4STRSystem:
     """A very small CLIP4STR with random weights (32x64 images, 8 image tokens + CLS)."""
     config = model_config()

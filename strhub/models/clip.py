@@ -10,7 +10,7 @@ import inspect
 import math
 import zipfile
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Dict, List, Mapping, NamedTuple, Optional, Sequence, Tuple, Union
 
 import regex
 import torch
@@ -18,8 +18,10 @@ import torch.nn.functional as F
 from open_clip.factory import get_model_config
 from open_clip.model import CLIP, CLIPTextCfg, CLIPVisionCfg
 from open_clip.tokenizer import SimpleTokenizer
+from open_clip.transformer import ResidualAttentionBlock
 from torch import Tensor, nn
 
+from strhub.models.recompute import maybe_checkpoint
 from strhub.models.safe_load import safe_load
 from strhub.models.state_dicts import count_blocks, sub_state_dict
 
@@ -90,7 +92,10 @@ def build_clip(arch: Mapping[str, Any]) -> CLIP:
     vision_cfg = CLIPVisionCfg(image_size=tuple(size) if isinstance(size, Sequence) else size,
                                head_width=HEAD_WIDTH, **vision)
     text_cfg = CLIPTextCfg(heads=text["width"] // HEAD_WIDTH, **text)
-    return CLIP(arch["embed_dim"], vision_cfg, text_cfg, quick_gelu=True)
+    model = CLIP(arch["embed_dim"], vision_cfg, text_cfg, quick_gelu=True)
+    for block in (*model.visual.transformer.resblocks, *model.transformer.resblocks):
+        block.__class__ = ClipBlock  # a subclass without state of its own: the same weights and names
+    return model
 
 
 def read_clip_state_dict(path: Union[str, Path]) -> Dict[str, Tensor]:
@@ -165,13 +170,45 @@ def build_on_clip(model_class: Callable[..., nn.Module], config: Mapping[str, An
     return model_class(clip_model, **{name: config[name] for name in names})
 
 
-def residual_block(block: nn.Module, x: Tensor, attn_mask: Optional[Tensor] = None) -> Tensor:
+class Prefixes(NamedTuple):
+    """How the text encoder's rows map onto its captions (see `shared_prefixes`): `first` (R,) picks the row of
+    each distinct prefix from the caption positions, `groups` (N * L,) the prefix of each caption position."""
+
+    first: Tensor
+    groups: Tensor
+    length: int
+
+
+def residual_block(block: nn.Module, x: Tensor, attn_mask: Optional[Tensor] = None,
+                   prefixes: Optional[Prefixes] = None) -> Tensor:
     """An open_clip residual attention block on batch-first tokens (N, L, D): the same computation as
-    its own forward, written out on contiguous tensors (faster than `nn.MultiheadAttention` on a CPU)."""
+    its own forward, written out on contiguous tensors (faster than `nn.MultiheadAttention` on a CPU).
+    With `prefixes`, `x` holds the distinct caption prefixes (R, D): the projections and the MLP run on
+    them, the attention itself on every caption."""
     attn = block.attn
-    attended = attend(attn, F.linear(block.ln_1(x), attn.in_proj_weight, attn.in_proj_bias), attn_mask)
+    qkv = F.linear(block.ln_1(x), attn.in_proj_weight, attn.in_proj_bias)
+    if prefixes is not None:
+        qkv = qkv[prefixes.groups].view(-1, prefixes.length, qkv.shape[-1])
+    attended = attend(attn, qkv, attn_mask)
+    if prefixes is not None:
+        attended = attended.flatten(0, 1)[prefixes.first]
     x = x + block.ls_1(attn.out_proj(attended))
     return x + block.ls_2(mlp(block, block.ln_2(x)))
+
+
+class RunsResidualBlock(nn.Module):
+    """A block whose forward is `residual_block`, recomputed in the backward pass when told to checkpoint.
+    The towers call their blocks, never their weights from outside, so that wrappers that work on a module's
+    calls see every use of its parameters (FSDP gathers a sharded block's parameters around its forward)."""
+
+    def forward(self, x: Tensor, attn_mask: Optional[Tensor] = None, *, prefixes: Optional[Prefixes] = None,
+                checkpoint: bool = False) -> Tensor:
+        return maybe_checkpoint(checkpoint, residual_block, self, x, attn_mask, prefixes)
+
+
+class ClipBlock(RunsResidualBlock, ResidualAttentionBlock):
+    """open_clip's residual attention block, run by `residual_block` (`build_clip` gives CLIP's blocks this
+    class: it adds no state, so weights and names stay open_clip's)."""
 
 
 def attend(attn: nn.MultiheadAttention, qkv: Tensor, attn_mask: Optional[Tensor] = None) -> Tensor:
@@ -208,7 +245,7 @@ def vision_features(clip: CLIP, images: Tensor, capture: Sequence[int] = ()) -> 
     for i, block in enumerate(visual.transformer.resblocks):
         if i in capture:
             inputs[i] = x
-        x = residual_block(block, x)
+        x = block(x, checkpoint=visual.transformer.grad_checkpointing)
     return visual.ln_post(x), [inputs[i] for i in capture]
 
 
@@ -240,22 +277,24 @@ def shared_prefixes(token_ids: Tensor) -> Tuple[Tensor, Tensor]:
 
 
 def encode_text_tokens(clip: CLIP, token_ids: Tensor) -> Tensor:
-    """Features of every position of a short causal context, projected: (N, L, D).
+    """Features of every position of a short causal context (N, L), best given on the host, projected:
+    (N, L, D) on CLIP's device.
 
     Under the causal mask a position's features depend only on the tokens up to it, so positions
     that share them (a common start of two captions, or a caption given twice) are computed once:
     the blocks' projections and MLPs run on the distinct prefixes only, and only the attention itself on
     every caption."""
     batch, length = token_ids.shape
-    first, groups = (index.to(token_ids.device) for index in shared_prefixes(token_ids.cpu()))
-    positions = first % length
-    x = clip.token_embedding(token_ids.flatten()[first]) + clip.positional_embedding[positions]
+    host_ids = token_ids.cpu()
+    first, groups = shared_prefixes(host_ids)
+    device = clip.token_embedding.weight.device
+    tokens = host_ids.flatten()[first].to(device)
+    first, groups = first.to(device), groups.to(device)
+    prefixes = Prefixes(first, groups, length)
+    x = clip.token_embedding(tokens) + clip.positional_embedding[first % length]
     causal = torch.full((length, length), float("-inf"), dtype=x.dtype, device=x.device).triu(1)
     for block in clip.transformer.resblocks:
-        attn = block.attn
-        qkv = F.linear(block.ln_1(x), attn.in_proj_weight, attn.in_proj_bias)[groups].view(batch, length, -1)
-        x = x + block.ls_1(attn.out_proj(attend(attn, qkv, causal).flatten(0, 1)[first]))
-        x = x + block.ls_2(mlp(block, block.ln_2(x)))
+        x = block(x, causal, prefixes=prefixes, checkpoint=clip.transformer.grad_checkpointing)
     return (clip.ln_final(x) @ clip.text_projection)[groups].view(batch, length, -1)
 
 

@@ -89,6 +89,19 @@ class CLIP4STR(Recognizer):
         return [module for module in (self.clip_model.transformer, self.visual_decoder, self.cross_decoder)
                 if module is not None]
 
+    def decoders(self) -> List[Decoder]:
+        return [decoder for decoder in (self.visual_decoder, self.cross_decoder) if decoder is not None]
+
+    def blocks(self) -> List[nn.Module]:
+        return [*self.clip_model.visual.transformer.resblocks, *self.clip_model.transformer.resblocks]
+
+    def set_grad_checkpointing(self, encoder: bool = True, decoder: bool = False) -> None:
+        """Both CLIP towers' blocks (open_clip's `set_grad_checkpointing`, which our towers honour) and the two
+        decoders' layers."""
+        self.clip_model.set_grad_checkpointing(encoder)
+        for module in self.decoders():
+            module.grad_checkpointing = decoder
+
     def train(self, mode: bool = True) -> "CLIP4STR":
         """Frozen CLIP blocks stay in eval mode."""
         super().train(mode)
@@ -119,22 +132,33 @@ class CLIP4STR(Recognizer):
         """For each tensor of visual logits (N, L, C), the cross decoder's keys and values of the text
         part of its memory: the CLIP encoding of the captions read off the logits. The captions of
         all the tensors are encoded together."""
-        captions = [caption for logits in visual_logits
-                    for caption in self.tokenizer.decode_fast(logits.detach().softmax(-1), self.charset_adapter)[0]]
-        text_kv = self.cross_decoder.memory_kv(self.encode_captions(captions, visual_logits[0].device))
+        text_kv = self.cross_decoder.memory_kv(self.encode_captions(self.caption_ids(visual_logits)))
         sizes = [len(logits) for logits in visual_logits]
         parts = [list(zip(key.split(sizes), value.split(sizes))) for key, value in text_kv]
         return [[layer[i] for layer in parts] for i in range(len(sizes))]
 
-    def encode_captions(self, captions: List[str], device: torch.device) -> Tensor:
-        """CLIP text features of the captions (N, context_length, D)."""
-        token_ids = self.caption_tokenizer(captions, self.context_length).to(device)
+    def caption_ids(self, visual_logits: List[Tensor]) -> Tensor:
+        """The CLIP token ids, on the host, of the captions read off each sample's visual logits (N, L, C).
+        Logits without values (the meta device, on which training memory is planned) give captions that
+        fill the context and share no prefix: the most memory the text encoder can take."""
+        if visual_logits[0].is_meta:
+            count = sum(len(logits) for logits in visual_logits)
+            token_ids = torch.arange(1, count + 1).unsqueeze(1).expand(-1, self.context_length).clone()
+            token_ids[:, 0], token_ids[:, -1] = self.caption_tokenizer.sot_token_id, self.caption_tokenizer.eot_token_id
+            return token_ids
+        captions = [caption for logits in visual_logits
+                    for caption in self.tokenizer.decode_fast(logits.detach().softmax(-1), self.charset_adapter)[0]]
+        return self.caption_tokenizer(captions, self.context_length)
+
+    def encode_captions(self, token_ids: Tensor) -> Tensor:
+        """CLIP text features (N, context_length, D) of captions' token ids (N, context_length) on the host."""
+        device = self.clip_model.token_embedding.weight.device
         with torch.set_grad_enabled(torch.is_grad_enabled() and not self.text_frozen):
             if self.cross_token_embeding:
-                return self.clip_model.token_embedding(token_ids)
+                return self.clip_model.token_embedding(token_ids.to(device))
             features = encode_text_tokens(self.clip_model, token_ids)
         if self.clip_cls_eot_feature:
-            features = features[torch.arange(len(features)), token_ids.argmax(-1)].unsqueeze(1)
+            features = features[torch.arange(len(features)), token_ids.argmax(-1).to(device)].unsqueeze(1)
         return features
 
     @staticmethod
