@@ -385,9 +385,10 @@ def plan_of(model: Mapping[str, Any], trainer: Mapping[str, Any], processes: int
 
 def training_plan_line(model: Mapping[str, Any], trainer: Mapping[str, Any], processes: int) -> str:
     """One line for a training log: the memory per GPU that the run is estimated to take."""
-    if str(trainer["strategy"]) not in STRATEGIES:
-        return f"Memory plan: none for trainer.strategy={trainer['strategy']} (planned: {', '.join(STRATEGIES)})"
-    plan = plan_of(model, trainer, processes)
+    try:
+        plan = plan_of(model, trainer, processes)
+    except ValueError as error:
+        return f"Memory plan: none for {error}"
     memory = Planner(model).estimate(plan)
     parts = [("parameters", memory.parameters), ("gradients", memory.gradients), ("optimizer", memory.optimizer),
              ("activations", memory.activations), ("gathered", memory.gathered)]

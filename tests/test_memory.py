@@ -16,7 +16,7 @@ from torch import Tensor
 
 from strhub.cli import ConfigError
 from strhub.memory import (DECODER, ENCODER, ModelSizes, Planner, StepMemory, TrainingPlan, plan_of, saved_tensors,
-                           step_memory, training_labels)
+                           step_memory, training_labels, training_plan_line)
 from strhub.models.clip import ClipBlock
 from strhub.models.registry import model_config
 from strhub.models.utils import create_model
@@ -185,3 +185,14 @@ def test_strategies_are_set_up_for_the_model_or_refused_with_the_key():
     if importlib.util.find_spec("deepspeed") is None:
         with pytest.raises(ConfigError, match="trainer.strategy=deepspeed_stage_2 needs the deepspeed package"):
             check_strategy("deepspeed_stage_2", "gpu")
+
+
+def test_the_training_log_line_gives_the_plan_or_says_why_there_is_none():
+    model = {**model_config("tiny"), "batch_size": 4, "grad_checkpointing": True}
+    line = training_plan_line(model, {"precision": "32", "strategy": "ddp"}, 2)
+    assert line.startswith("Memory plan per GPU (batch 4 per GPU, precision 32-true, ddp over 2 processes, "
+                           "activation checkpointing: encoder), estimated: parameters ")
+    assert line.endswith(" GiB") and "activations" in line
+    assert training_plan_line(model, {"precision": "32", "strategy": "ddp_fork"}, 2) == (
+        "Memory plan: none for trainer.strategy='ddp_fork': memory is planned for auto, ddp, ddp_spawn, fsdp, "
+        "deepspeed_stage_2")
