@@ -3,6 +3,7 @@
 
     python read.py CHECKPOINT --images_path misc/test_images
     python read.py CHECKPOINT photo1.png 'crops/*.jpg' --confidence --device cpu
+    python read.py EXPORT_DIR misc/test_images --backend onnx       # an export of export.py, on ONNX Runtime
 
 Folders are searched recursively for .png, .jpg and .jpeg files, printed relative to the folder, in name order;
 files and glob matches are printed as given. The text is the model's raw prediction over its training charset
@@ -10,36 +11,21 @@ files and glob matches are printed as given. The text is the model's raw predict
 others are still read. Extra arguments `name:type=value` override the model's hyper-parameters.
 """
 import argparse
-import glob
 import json
 import re
 import sys
 from pathlib import Path
-from typing import Any, Callable, Dict, Iterator, List, Tuple
+from typing import Any, Callable, Dict, List, Tuple
 
 import torch
 from PIL import Image
 from tqdm import tqdm
 
-from strhub.cli import autocast_context, default_device, parse_model_args, reuse_freed_memory
+from strhub.cli import autocast_context, default_device, list_images, parse_model_args, reuse_freed_memory
 from strhub.data.transforms import get_transform
 from strhub.models.checkpoint import InvalidCheckpointError, best_checkpoint, load_model
 
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 MODEL_ARG = re.compile(r"^\w+:\w+=")
-
-
-def list_images(inputs: List[str]) -> Iterator[Tuple[str, Path]]:
-    """(printed name, path) of every image: folders recursively in name order, then files and globs as given."""
-    for item in inputs:
-        path = Path(item)
-        if path.is_dir():
-            yield from sorted((p.relative_to(path).as_posix(), p) for p in path.rglob("*")
-                              if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
-        elif any(char in item for char in "*?["):
-            yield from ((match, Path(match)) for match in sorted(glob.glob(item, recursive=True)))
-        else:
-            yield item, path
 
 
 def read_batch(model: torch.nn.Module, transform: Callable, batch: List[Tuple[str, Path]], device: torch.device,
@@ -63,9 +49,25 @@ def read_batch(model: torch.nn.Module, transform: Callable, batch: List[Tuple[st
     return records
 
 
+def onnx_reader(parser: argparse.ArgumentParser, args: argparse.Namespace, kwargs: Dict[str, Any]) -> Any:
+    """The `OnnxReader` of `--backend onnx`: its graphs are fixed, so model overrides and `--precision` are refused."""
+    from strhub.deploy.runtime import ExportNotFoundError, OnnxReader
+
+    if kwargs:
+        parser.error(f"--backend onnx: an export is fixed, so {', '.join(kwargs)} cannot be overridden; export the "
+                     f"checkpoint with them (python export.py CHECKPOINT --out DIR {' '.join(kwargs)}...)")
+    if args.precision != "32":
+        parser.error("--backend onnx: --precision is the export's (python export.py ... --fp16 for float16)")
+    try:
+        return OnnxReader(args.checkpoint, device=args.device)
+    except (ExportNotFoundError, ImportError, ValueError) as err:
+        parser.error(str(err))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("checkpoint", type=Path, help="checkpoint file, or a run folder (its best checkpoint)")
+    parser.add_argument("checkpoint", type=Path, help="checkpoint file, or a run folder (its best checkpoint); with "
+                        "--backend onnx, an export folder of export.py (or its model.json or one of its graphs)")
     parser.add_argument("images", nargs="*", help="image files, folders or glob patterns")
     parser.add_argument("--images_path", action="append", default=[], help="a folder of images (repeatable)")
     parser.add_argument("--batch_size", type=int, default=1,
@@ -75,6 +77,9 @@ def main() -> None:
     parser.add_argument("--precision", choices=("32", "bf16", "16"), default="32", help="inference precision")
     parser.add_argument("--confidence", action="store_true", help="append the prediction's confidence (0-1)")
     parser.add_argument("--json", action="store_true", help="print one JSON list of {file, text, confidence}")
+    parser.add_argument("--backend", choices=("torch", "onnx"), default="torch",
+                        help="run the checkpoint in PyTorch, or an ONNX export on ONNX Runtime (cpu, or cuda with "
+                             "onnxruntime-gpu; the precision is the export's)")
     argv = sys.argv[1:]
     args = parser.parse_intermixed_args([a for a in argv if not MODEL_ARG.match(a)])
     inputs = args.images + args.images_path
@@ -86,12 +91,15 @@ def main() -> None:
         kwargs = parse_model_args([a for a in argv if MODEL_ARG.match(a)])
     except ValueError as err:
         parser.error(str(err))
-    try:
-        checkpoint = best_checkpoint(args.checkpoint) if args.checkpoint.is_dir() else args.checkpoint
-        model = load_model(checkpoint, **kwargs).eval().to(device)
-    except (FileNotFoundError, InvalidCheckpointError) as err:
-        parser.error(str(err))
-    transform = get_transform(model.image_size)
+    if args.backend == "onnx":
+        model, device = onnx_reader(parser, args, kwargs), torch.device("cpu")  # ONNX Runtime takes host arrays
+    else:
+        try:
+            checkpoint = best_checkpoint(args.checkpoint) if args.checkpoint.is_dir() else args.checkpoint
+            model = load_model(checkpoint, **kwargs).eval().to(device)
+        except (FileNotFoundError, InvalidCheckpointError) as err:
+            parser.error(str(err))
+    transform = model.transform if args.backend == "onnx" else get_transform(model.image_size)
     items = list(list_images(inputs))
     if not items:
         parser.error(f"no .png, .jpg or .jpeg image in {', '.join(inputs)}")

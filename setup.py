@@ -16,7 +16,8 @@ setup(
     python_requires=">=3.9",
     packages=find_packages(include=["strhub", "strhub.*"]),
     install_requires=requirements,
-    extras_require={"test": ["pytest>=7"]},
+    # onnx writes the graphs of export.py, onnxruntime runs them (onnxruntime-gpu instead for CUDA).
+    extras_require={"test": ["pytest>=7"], "onnx": ["onnx>=1.16", "onnxruntime>=1.18"]},
     entry_points={"console_scripts": [
         "strhub-create-lmdb = strhub.tools.create_lmdb:main",
         "strhub-inspect-lmdb = strhub.tools.inspect_lmdb:main",

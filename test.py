@@ -6,8 +6,8 @@
 
 A run folder instead of a file picks its best checkpoint by validation accuracy. The tables are test groups
 (configs/test_groups/*.yaml): the protocol's, then New with --new, then the groups asked for; missing test sets
-are named in a warning and skipped. Extra arguments of the form `name:type=value` (type int, float, str or bool)
-override the model's hyper-parameters.
+are named in a warning and skipped. Extra arguments of the form `name:type=value` (type int, float, str, bool, or
+list for a list of integers such as `block_ids:list=[1,3,5]`) override the model's hyper-parameters.
 """
 import argparse
 import logging
@@ -43,6 +43,9 @@ def main() -> None:
                         help="normalise with CLIP's mean/std as in training (default 0.5/0.5, the original's protocol)")
     parser.add_argument("--device", default=None, help="torch device (default: cuda when available, else cpu)")
     parser.add_argument("--precision", choices=("32", "bf16", "16"), default="32", help="inference precision")
+    parser.add_argument("--errors", type=Path, default=None, metavar="DIR",
+                        help="write every sample to DIR/samples.csv and each benchmark's misread images to contact "
+                             "sheets in DIR/<benchmark>/, most confident first")
     args, unknown = parser.parse_known_args()
     try:
         kwargs = parse_model_args(unknown)

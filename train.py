@@ -5,8 +5,9 @@
         model.clip_pretrained=pretrained/clip/ViT-B-16.pt
 
 Outputs go to a new folder outputs/<model>/<date>_<time>/ per run: checkpoints/ (best by val_accuracy, and
-last.ckpt, the latest state), TensorBoard and CSV logs, and the resolved configuration of every start
-(config.yaml, then config_<N>.yaml). Resume with ckpt_path=<run>/checkpoints/last.ckpt.
+last.ckpt, the latest state), TensorBoard and CSV logs, the resolved configuration of every start
+(config.yaml, then config_<N>.yaml) and, when training ends, curves.png. Resume with
+ckpt_path=<run>/checkpoints/last.ckpt.
 """
 import functools
 import itertools
@@ -36,6 +37,7 @@ from strhub.models.registry import without_weight_files
 from strhub.models.safe_load import InvalidCheckpointError
 from strhub.models.utils import load_weights
 from strhub.strategies import check_strategy, training_strategy
+from strhub.tools.plot_run import plot_run
 
 log = logging.getLogger(__name__)
 
@@ -209,6 +211,10 @@ def train(config: DictConfig) -> None:
     if trainer.is_global_zero:
         best_path = best.best_model_path or latest.best_model_path
         log.info("Run folder: %s; best checkpoint: %s", run_dir, best_path)
+        try:
+            log.info("Training curves: %s", plot_run(run_dir))
+        except (OSError, ValueError) as err:  # the run's results stand without the figure
+            log.warning("No training curves drawn: %s", err)
         if config.test_after_train:
             evaluate_checkpoint(Path(best_path), Path(config.data.root_dir), new=True,
                                 device=str(trainer.strategy.root_device))

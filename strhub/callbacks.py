@@ -2,7 +2,6 @@
 beside their destination and read with the safe loader, `last.ckpt` kept current, non-finite steps skipped and
 counted, and resumed runs checked before they start."""
 import errno
-import io
 import logging
 import os
 import secrets
@@ -42,6 +41,17 @@ def megabytes(size: int) -> str:
     return f"{size / 2**20:.1f} MiB"
 
 
+def tensor_bytes(obj: Any) -> int:
+    """The bytes of the tensors in a (nested) checkpoint: about the size of its file."""
+    if isinstance(obj, Tensor):
+        return obj.numel() * obj.element_size()
+    if isinstance(obj, dict):
+        return sum(tensor_bytes(value) for value in obj.values())
+    if isinstance(obj, (list, tuple)):
+        return sum(tensor_bytes(value) for value in obj)
+    return 0
+
+
 def non_finite_tensors(tensors: Dict[str, Tensor]) -> List[str]:
     """The names of the floating-point tensors that hold a NaN or an infinity."""
     return [name for name, tensor in tensors.items()
@@ -51,10 +61,10 @@ def non_finite_tensors(tensors: Dict[str, Tensor]) -> List[str]:
 class AtomicCheckpointIO(TorchCheckpointIO):
     """Checkpoint files that are either complete or absent under their name, on any file system.
 
-    A checkpoint is serialised in memory, written to a hidden `.<name>.<random>.partial` file beside its
-    destination and renamed over it (atomic on one file system), so the previous file stays whole until the new
-    one is; a failed write removes its partial file. Non-finite weights are never written. Reading uses
-    `safe_load`, so resuming refuses what a weights-only reader refuses.
+    A checkpoint is written to a hidden `.<name>.<random>.partial` file beside its destination and renamed over
+    it (atomic on one file system), so the previous file stays whole until the new one is; a failed write
+    removes its partial file. Non-finite weights are never written. Reading uses `safe_load`, so resuming
+    refuses what a weights-only reader refuses.
     """
 
     def save_checkpoint(self, checkpoint: Dict[str, Any], path: _PATH, storage_options: Optional[Any] = None) -> None:
@@ -65,22 +75,20 @@ class AtomicCheckpointIO(TorchCheckpointIO):
             raise NonFiniteTrainingError(
                 f"refusing to save {path}: {len(broken)} of {len(state_dict)} weight tensors hold NaN or infinite "
                 f"values (first: {broken[0]}); the checkpoints written before are kept")
-        buffer = io.BytesIO()
-        torch.save(checkpoint, buffer)
         path.parent.mkdir(parents=True, exist_ok=True)
         partial = path.with_name(f".{path.name}.{secrets.token_hex(4)}{PARTIAL_SUFFIX}")
         try:
             with open(partial, "xb") as file:
-                file.write(buffer.getbuffer())
+                torch.save(checkpoint, file)
                 file.flush()
                 os.fsync(file.fileno())
             os.replace(partial, path)
         except BaseException as err:
             partial.unlink(missing_ok=True)
-            if isinstance(err, OSError) and err.errno in (errno.ENOSPC, errno.EDQUOT):
+            if any(isinstance(cause, OSError) and cause.errno in (errno.ENOSPC, errno.EDQUOT) for cause in _chain(err)):
                 kept = ", ".join(sorted(p.name for p in path.parent.glob("*.ckpt"))) or "none yet"
                 raise CheckpointWriteError(
-                    f"no space left to write {path}: the checkpoint needs {megabytes(buffer.tell())}, "
+                    f"no space left to write {path}: the checkpoint needs {megabytes(tensor_bytes(checkpoint))}, "
                     f"{megabytes(shutil.disk_usage(path.parent).free)} are free on its file system. The "
                     f"checkpoints written before are kept: {kept}") from err
             raise
@@ -88,6 +96,14 @@ class AtomicCheckpointIO(TorchCheckpointIO):
     def load_checkpoint(self, path: _PATH, map_location: Optional[Any] = None,
                         weights_only: Optional[bool] = None) -> Dict[str, Any]:
         return safe_load(path, map_location=map_location)
+
+
+def _chain(err: BaseException) -> List[BaseException]:
+    """An exception and those it was raised from or while handling (torch's writer wraps the file's OSError)."""
+    chain = [err]
+    while chain[-1].__cause__ or chain[-1].__context__:
+        chain.append(chain[-1].__cause__ or chain[-1].__context__)
+    return chain
 
 
 def remove_partial_files(folder: Path) -> List[Path]:

@@ -3,15 +3,19 @@ import collections.abc
 import contextlib
 import ctypes
 import difflib
+import glob
 import inspect
 import typing
-from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Union
+from pathlib import Path
+from typing import Any, Callable, Dict, Iterable, Iterator, List, Mapping, Optional, Tuple, Union
 
 import torch
 from hydra.utils import to_absolute_path
 from omegaconf import OmegaConf
 
 from strhub.data.utils import load_charset
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 
 
 def register_resolvers() -> None:
@@ -64,9 +68,27 @@ def autocast_context(device: Union[str, torch.device], precision: str = "32") ->
     return torch.autocast(torch.device(device).type, dtype=dtypes[precision])
 
 
+def list_images(inputs: List[str]) -> Iterator[Tuple[str, Path]]:
+    """(printed name, path) of every image: folders recursively in name order, then files and globs as given."""
+    for item in inputs:
+        path = Path(item)
+        if path.is_dir():
+            yield from sorted((p.relative_to(path).as_posix(), p) for p in path.rglob("*")
+                              if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+        elif any(char in item for char in "*?["):
+            yield from ((match, Path(match)) for match in sorted(glob.glob(item, recursive=True)))
+        else:
+            yield item, path
+
+
+def _int_list(value: str) -> List[int]:
+    return [int(item) for item in value.strip("[]").split(",") if item.strip()]
+
+
 def parse_model_args(args: Iterable[str]) -> Dict[str, Any]:
-    """Model overrides written as `name:type=value` (type: int, float, str or bool)."""
-    casts = {"int": int, "float": float, "str": str, "bool": lambda v: v.lower() == "true"}
+    """Model overrides written as `name:type=value` (type: int, float, str, bool, or list of ints written
+    `[1,3,5]`, such as `block_ids:list=[1,3,5]`)."""
+    casts = {"int": int, "float": float, "str": str, "bool": lambda v: v.lower() == "true", "list": _int_list}
     kwargs = {}
     for arg in args:
         try:

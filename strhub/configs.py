@@ -1,5 +1,5 @@
-"""Finding the YAML files of configs/ (beside the package, for a source install) that are not Hydra groups:
-test groups, dataset recipes."""
+"""Where configs/ is (beside the package, for a source install), and finding its YAML files that are not Hydra
+groups: test groups, dataset recipes."""
 from pathlib import Path
 
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"

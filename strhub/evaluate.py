@@ -18,6 +18,7 @@ from tqdm import tqdm
 from strhub.benchmarks import DEFAULT_PROTOCOL, BenchmarkGroup, label_lengths, select_groups
 from strhub.cli import autocast_context, default_device
 from strhub.data.module import SceneTextDataModule
+from strhub.failures import SampleLog
 from strhub.models.checkpoint import best_checkpoint
 from strhub.models.utils import load_from_checkpoint
 
@@ -113,9 +114,9 @@ def format_report(results: Dict[str, Result], groups: Sequence[BenchmarkGroup], 
 
 @torch.inference_mode()
 def evaluate(model: torch.nn.Module, datamodule: SceneTextDataModule, names: Sequence[str], device: torch.device,
-             precision: str = "32") -> Dict[str, Result]:
+             precision: str = "32", samples: Optional[SampleLog] = None) -> Dict[str, Result]:
     """Runs `model.test_step` over each dataset's loader (with a progress bar) and aggregates the metrics; images
-    that do not decode are left out and counted as skipped."""
+    that do not decode are left out and counted as skipped. `samples`, if given, collects every sample."""
     results = {}
     width = max(map(len, names))
     for name, loader in datamodule.test_dataloaders(names).items():
@@ -126,11 +127,15 @@ def evaluate(model: torch.nn.Module, datamodule: SceneTextDataModule, names: Seq
             images, labels = batch
             with autocast_context(device, precision):
                 res = model.test_step((images.to(device), labels), batch_idx)
+            if samples is not None:
+                samples.add(name, labels, res)
             total += res.num_samples
             correct += res.correct
             ned += res.ned
             confidence += res.confidence
             label_length += res.label_length
+        if samples is not None:
+            samples.close(name, loader.dataset)
         skipped = loader.dataset.num_skipped
         if skipped:
             log.warning("%s: %d images did not decode and are left out of its metrics", name, skipped)
@@ -164,7 +169,8 @@ def evaluate_checkpoint(checkpoint: Path, data_root: Path, batch_size: int = 512
                         cased: bool = False, punctuation: bool = False, new: bool = False, rotation: int = 0,
                         openai_meanstd: bool = False, device: Optional[str] = None, precision: str = "32",
                         model_kwargs: Optional[dict] = None, datasets: Sequence[str] = (),
-                        protocol: str = DEFAULT_PROTOCOL, groups: Sequence[str] = ()) -> str:
+                        protocol: str = DEFAULT_PROTOCOL, groups: Sequence[str] = (),
+                        errors: Optional[Path] = None) -> str:
     """Evaluates a checkpoint (a file, or a run folder whose best checkpoint is taken) on the test sets under
     `data_root/test` of the protocol's groups, `new`'s and the extra `groups` (names in configs/test_groups or
     YAML files; see strhub.benchmarks), or on the named `datasets` there as one `Test` group. Prints the report
@@ -172,7 +178,8 @@ def evaluate_checkpoint(checkpoint: Path, data_root: Path, batch_size: int = 512
     row per dataset); the default selection is named `new<new>`, and `<settings>` is a digest of what the numbers
     depend on (data root, test sets, charset, transforms, batch size, precision, model overrides), so that
     different evaluations never overwrite each other. Images are normalised with mean = std = 0.5 as in the
-    original's test protocol, or with CLIP's mean/std when `openai_meanstd`."""
+    original's test protocol, or with CLIP's mean/std when `openai_meanstd`. With `errors`, every sample goes to
+    `errors/samples.csv` and each benchmark's misread images to contact sheets in `errors/<benchmark>/`."""
     selection, test_groups = select_groups(protocol, new, groups, datasets)
     if checkpoint.is_dir():
         checkpoint = best_checkpoint(checkpoint)
@@ -201,9 +208,10 @@ def evaluate_checkpoint(checkpoint: Path, data_root: Path, batch_size: int = 512
         torch.cuda.synchronize(device)
     start = time.perf_counter()
     results: Dict[str, Result] = {}
+    sample_log = SampleLog() if errors is not None else None
     for length in sorted(set(lengths[name] for name in present)):
         names = [name for name in present if lengths[name] == length]
-        results.update(evaluate(model, datamodule(length), names, device, precision))
+        results.update(evaluate(model, datamodule(length), names, device, precision, sample_log))
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     seconds = time.perf_counter() - start
@@ -235,4 +243,7 @@ def evaluate_checkpoint(checkpoint: Path, data_root: Path, batch_size: int = 512
               {"checkpoint": str(checkpoint), "selection": selection, **settings, "device": str(device)})
     print(report, end="")
     log.info("Report written to %s.md, .json and .csv", stem)
+    if sample_log is not None:
+        written = sample_log.write(errors)
+        log.info("Samples written to %s, error galleries: %d pages", written[0], len(written) - 1)
     return report

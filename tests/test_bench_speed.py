@@ -1,10 +1,14 @@
 """bench_speed.py measures inference and training in fresh processes and prints one line each."""
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+import torch
+
+from strhub.models.utils import create_model
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -23,3 +27,15 @@ def test_bench_speed_reports_every_measurement(tmp_path: Path) -> None:
         assert 0 < result["encoder_seconds"] < result["seconds"]
         assert result["encoder_seconds"] + result["after_encoder_seconds"] == pytest.approx(result["seconds"])
         assert result["peak_memory_mib"] > 100
+
+
+def test_bench_speed_measures_a_checkpoint_of_another_family(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    system = create_model("str_adapter-mini")
+    weights = tmp_path / "adapter.ckpt"
+    torch.save({"state_dict": system.state_dict(), "hyper_parameters": dict(system.hparams)}, weights)
+    run = subprocess.run([sys.executable, "bench_speed.py", "--weights", str(weights), "--batches", "2",
+                          "--train-batch", "0", "--warmup", "0", "--repeats", "1"], cwd=REPO, capture_output=True,
+                         text=True, timeout=600)
+    assert run.returncode == 0, run.stderr
+    assert re.search(r"^inference batch +2: .*encoder .*after encoder", run.stdout, re.M)

@@ -323,8 +323,8 @@ def test_cross_branch_sees_detached_image_tokens():
 
 def test_model_arguments_are_parsed():
     assert parse_model_args(["refine_iters:int=2", "charset_test:str=abc", "decode_ar:bool=False",
-                             "cross_loss_w:float=0.5"]) == {
-        "refine_iters": 2, "charset_test": "abc", "decode_ar": False, "cross_loss_w": 0.5}
+                             "cross_loss_w:float=0.5", "block_ids:list=[1,3, 5]"]) == {
+        "refine_iters": 2, "charset_test": "abc", "decode_ar": False, "cross_loss_w": 0.5, "block_ids": [1, 3, 5]}
     with pytest.raises(ValueError, match="name:type=value"):
         parse_model_args(["refine_iters=2"])
 

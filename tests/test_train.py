@@ -37,6 +37,7 @@ def test_run_writes_checkpoints_logs_and_config(data_root: Path, tmp_path: Path)
     assert list(run_dir.glob("events.out.tfevents.*")) and logged_loss_steps(run_dir) == [0, 1, 2]
     assert "lr-AdamW" in (run_dir / "csv" / "version_0" / "metrics.csv").read_text()
     assert re.search(r"step 2: loss \d+\.\d+, val_loss \d+\.\d+, val_accuracy", (run_dir / "train.log").read_text())
+    assert (run_dir / "curves.png").stat().st_size > 0
 
 
 def test_killed_run_resumes_in_its_folder_from_its_latest_validation(data_root: Path, tmp_path: Path) -> None:
@@ -68,6 +69,7 @@ def test_killed_run_resumes_in_its_folder_from_its_latest_validation(data_root: 
     assert not orphan.exists() and f"Removed {orphan}" in output
     assert (run_dir / "config.yaml").read_text() == first_config and (run_dir / "config_1.yaml").is_file()
     assert "step 8: loss" in (run_dir / "train.log").read_text()
+    assert "Training curves: " in output and (run_dir / "curves.png").is_file()  # both starts, joined
 
     proc = train(data_root, tmp_path / "elsewhere", "trainer.max_steps=12", f"ckpt_path={last}", returncode=1)
     output = proc.stdout + proc.stderr

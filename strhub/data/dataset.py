@@ -137,6 +137,11 @@ class LmdbDataset(Dataset):
         """How many records were skipped so far because their image did not decode (all processes)."""
         return int(self._corrupt.sum())
 
+    def decoded_records(self) -> List[int]:
+        """The record number (`image-%09d`) of each item whose image decoded, in item order: the samples a full pass
+        over the dataset gave."""
+        return [index for index, corrupt in zip(self.indices, self._corrupt.tolist()) if not corrupt]
+
     @property
     def summary(self) -> str:
         """One line: records kept out of the total, the count per filter reason, and how many kept labels

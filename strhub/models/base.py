@@ -1,7 +1,7 @@
 """The Lightning systems' shared parts: evaluation (metrics per batch and their aggregation) and
 permutation-language-model training of a plain model, with the optimizer recipes of the families."""
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import pytorch_lightning as pl
@@ -30,6 +30,8 @@ class BatchResult:
     label_length: int
     loss: Tensor
     loss_numel: int
+    predictions: List[str] = field(default_factory=list)  # per sample, mapped onto the test charset
+    confidences: List[float] = field(default_factory=list)
 
 
 class CrossEntropySystem(pl.LightningModule):
@@ -76,14 +78,16 @@ class CrossEntropySystem(pl.LightningModule):
             logits, loss, loss_numel = self.forward(images), None, 0
         predictions, probs = self.tokenizer.decode(logits.softmax(-1))
         correct = ned = label_length = 0
-        confidence = 0.0
+        adapted, confidences = [], []
         for prediction, prob, label in zip(predictions, probs, labels):
-            confidence += prob.prod().item()
+            confidences.append(prob.prod().item())
             prediction = self.charset_adapter(prediction)
+            adapted.append(prediction)
             ned += edit_distance(prediction, label) / max(len(prediction), len(label))
             correct += prediction == label
             label_length += len(prediction)
-        return BatchResult(len(labels), correct, ned, confidence, label_length, loss, loss_numel)
+        return BatchResult(len(labels), correct, ned, sum(confidences), label_length, loss, loss_numel, adapted,
+                           confidences)
 
     def validation_step(self, batch: Optional[Tuple[Tensor, List[str]]], batch_idx: int) -> Optional[BatchResult]:
         if batch is None:  # every image of the batch failed to decode

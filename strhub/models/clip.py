@@ -221,9 +221,10 @@ def attend(attn: nn.MultiheadAttention, qkv: Tensor, attn_mask: Optional[Tensor]
 def mlp(block: nn.Module, x: Tensor) -> Tensor:
     """The block's MLP, whose activation is QuickGELU (CLIP4STR's CLIP always uses it). Out of
     autograd the activation runs in place and, on a CPU, a band of rows at a time, so that each band
-    stays in cache: the same numbers, about 5 % less image-encoder time at batch 8."""
+    stays in cache: the same numbers, about 5 % less image-encoder time at batch 8 (not in an ONNX
+    export, whose graph would keep the bands of the example batch)."""
     hidden = block.mlp.c_fc(x)
-    if hidden.requires_grad:
+    if hidden.requires_grad or torch.onnx.is_in_onnx_export():
         return block.mlp.c_proj(block.mlp.gelu(hidden))
     rows = hidden.view(-1, hidden.shape[-1])
     band_rows = QUICK_GELU_BAND_ROWS if rows.device.type == "cpu" else len(rows)
@@ -247,6 +248,11 @@ def vision_features(clip: CLIP, images: Tensor, capture: Sequence[int] = ()) -> 
             inputs[i] = x
         x = block(x, checkpoint=visual.transformer.grad_checkpointing)
     return visual.ln_post(x), [inputs[i] for i in capture]
+
+
+def clip_token_grid(clip: CLIP) -> Tuple[int, Tuple[int, int]]:
+    """CLIP's image tokens: the CLS token, then the patch grid (rows, columns)."""
+    return 1, tuple(clip.visual.grid_size)
 
 
 def encode_image_tokens(clip: CLIP, images: Tensor, projection: bool = True) -> Tensor:
@@ -283,13 +289,17 @@ def encode_text_tokens(clip: CLIP, token_ids: Tensor) -> Tensor:
     Under the causal mask a position's features depend only on the tokens up to it, so positions
     that share them (a common start of two captions, or a caption given twice) are computed once:
     the blocks' projections and MLPs run on the distinct prefixes only, and only the attention itself on
-    every caption."""
+    every caption. An ONNX export computes every position (the grouping depends on the tokens)."""
     batch, length = token_ids.shape
-    host_ids = token_ids.cpu()
-    first, groups = shared_prefixes(host_ids)
     device = clip.token_embedding.weight.device
-    tokens = host_ids.flatten()[first].to(device)
-    first, groups = first.to(device), groups.to(device)
+    if torch.onnx.is_in_onnx_export():
+        first = groups = torch.arange(batch * length, device=token_ids.device)
+        tokens = token_ids.flatten()
+    else:
+        host_ids = token_ids.cpu()
+        first, groups = shared_prefixes(host_ids)
+        tokens = host_ids.flatten()[first].to(device)
+        first, groups = first.to(device), groups.to(device)
     prefixes = Prefixes(first, groups, length)
     x = clip.token_embedding(tokens) + clip.positional_embedding[first % length]
     causal = torch.full((length, length), float("-inf"), dtype=x.dtype, device=x.device).triu(1)

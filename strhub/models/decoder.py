@@ -8,16 +8,19 @@ its two decoders (`Decoder`); PARSeq and STR-Adapter keep the layers and final n
 
 Attention runs through `scaled_dot_product_attention` on the weights of `nn.MultiheadAttention`
 modules (kept for their state-dict names). The keys and values of a decoder's memory are projected
-once per pass, and greedy decoding caches the content keys and values of past positions.
+once per pass, and greedy decoding caches the content keys and values of past positions. Inside an
+`AttentionRecorder` (`strhub.models.recording`) the passes also hand their query stream's cross-attention
+weights and their logits to it, without changing what they compute.
 """
 import math
-from typing import List, Optional, Tuple
+from typing import Any, List, Optional, Protocol, Tuple
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from strhub.models.recompute import maybe_checkpoint
+from strhub.models.recording import record_logits, record_memory, record_pass, record_weights
 
 KeyValue = Tuple[Tensor, Tensor]
 
@@ -41,11 +44,14 @@ def project_q(attn: nn.MultiheadAttention, x: Tensor) -> Tensor:
     return _heads(F.linear(x, attn.in_proj_weight[:dim], attn.in_proj_bias[:dim]), attn.num_heads)
 
 
-def attend(attn: nn.MultiheadAttention, q: Tensor, kv: KeyValue, mask: Optional[Tensor] = None) -> Tensor:
+def attend(attn: nn.MultiheadAttention, q: Tensor, kv: KeyValue, mask: Optional[Tensor] = None,
+           record: bool = False) -> Tensor:
     """Multi-head attention of projected queries (N, H, L, D / H) over projected keys and values;
-    `mask` is additive."""
+    `mask` is additive. With `record`, its weights also go to the active recorder."""
     dropout = attn.dropout if attn.training else 0.0
     out = F.scaled_dot_product_attention(q, kv[0], kv[1], attn_mask=mask, dropout_p=dropout)
+    if record:
+        record_weights(attn, q, kv[0], mask)
     return attn.out_proj(out.transpose(1, 2).flatten(2))
 
 
@@ -54,7 +60,8 @@ def merge_masks(attn_mask: Optional[Tensor], padding_mask: Optional[Tensor]) -> 
     boolean key-padding mask."""
     if padding_mask is None:
         return attn_mask
-    padding = torch.zeros(padding_mask.shape, dtype=torch.float, device=padding_mask.device)
+    dtype = torch.float if attn_mask is None else attn_mask.dtype
+    padding = torch.zeros(padding_mask.shape, dtype=dtype, device=padding_mask.device)
     padding = padding.masked_fill(padding_mask, float("-inf"))[:, None, None, :]
     return padding if attn_mask is None else padding + attn_mask
 
@@ -85,18 +92,21 @@ class DecoderLayer(nn.Module):
         self.dropout2 = nn.Dropout(dropout)
         self.dropout3 = nn.Dropout(dropout)
 
-    def stream(self, x: Tensor, q: Tensor, self_kv: KeyValue, memory_kv: KeyValue, mask: Optional[Tensor]) -> Tensor:
+    def stream(self, x: Tensor, q: Tensor, self_kv: KeyValue, memory_kv: KeyValue, mask: Optional[Tensor],
+               record: bool = False) -> Tensor:
         """One stream: self-attention of its projected queries `q` over the content keys/values,
-        cross-attention over the memory, MLP."""
+        cross-attention over the memory (recorded with `record`), MLP."""
         x = x + self.dropout1(attend(self.self_attn, q, self_kv, mask))
-        x = x + self.dropout2(attend(self.cross_attn, project_q(self.cross_attn, self.norm1(x)), memory_kv))
+        x = x + self.dropout2(attend(self.cross_attn, project_q(self.cross_attn, self.norm1(x)), memory_kv,
+                                     record=record))
         return x + self.dropout3(self.linear2(self.dropout(F.gelu(self.linear1(self.norm2(x))))))
 
     def forward(self, query: Tensor, content: Tensor, memory_kv: KeyValue, query_mask: Optional[Tensor],
                 content_mask: Optional[Tensor], update_content: bool) -> Tuple[Tensor, Tensor]:
         content_norm = self.norm_c(content)
         content_kv = project_kv(self.self_attn, content_norm)
-        query = self.stream(query, project_q(self.self_attn, self.norm_q(query)), content_kv, memory_kv, query_mask)
+        query = self.stream(query, project_q(self.self_attn, self.norm_q(query)), content_kv, memory_kv, query_mask,
+                            record=True)
         if update_content:
             content = self.stream(content, project_q(self.self_attn, content_norm), content_kv, memory_kv,
                                   content_mask)
@@ -138,19 +148,45 @@ class DecodeState:
     """What greedy decoding keeps between steps: the memory's keys and values, the content keys and
     values of past positions (they never see later ones, so they are fixed once computed), the
     scaled character embeddings, the first layer's queries (they depend on the position only) and
-    each layer's attention weights split into their query and key-value parts."""
+    each layer's attention weights split into their query and key-value parts. The content cache
+    holds each layer's keys and values (N, 2, H, S, D / H); it is allocated unwritten unless given.
 
-    def __init__(self, decoder: "CharDecoder", memory_kv: List[KeyValue], num_steps: int) -> None:
+    The methods that take a step's `position` are all that depends on how it is given: here an int,
+    with a cache that grows by slicing (an exported graph's state takes a tensor instead)."""
+
+    def __init__(self, decoder: "CharDecoder", memory_kv: List[KeyValue], num_steps: int,
+                 content_kv: Optional[List[Tensor]] = None) -> None:
         key = memory_kv[0][0]
         batch, num_heads, _, head_dim = key.shape
         self.memory_kv = memory_kv
-        self.content_kv = [key.new_empty(batch, 2, num_heads, num_steps, head_dim) for _ in decoder.layers]
-        self.embeddings = decoder.text_embed(torch.arange(len(decoder.text_embed.embedding.weight), device=key.device))
+        if content_kv is None:
+            content_kv = [key.new_empty(batch, 2, num_heads, num_steps, head_dim) for _ in decoder.layers]
+        self.content_kv = content_kv
+        self.embeddings = decoder.text_embed(torch.arange(decoder.text_embed.embedding.num_embeddings, device=key.device))
         self.positions = decoder.pos_queries[0, :num_steps]
         first = decoder.layers[0]
         first_q = project_q(first.self_attn, first.norm_q(decoder.pos_queries[:, :num_steps]))
         self.first_q = first_q.expand(batch, -1, -1, -1)
         self.weights = [_step_weights(layer) for layer in decoder.layers]
+
+    def content(self, token: Tensor, position: int) -> Tensor:
+        """The content embedding of `token` (N,) at `position` (BOS, at 0, has no positional term)."""
+        content = self.embeddings[token]
+        return content + self.positions[position - 1] if position else content
+
+    def query(self, position: int) -> Tensor:
+        return self.positions[position]
+
+    def first_queries(self, position: int) -> Tensor:
+        """The first layer's projected queries at `position`: (N, H, 1, D / H)."""
+        return self.first_q[:, :, position:position + 1]
+
+    def store(self, layer: int, position: int, key_value: Tensor) -> Tuple[KeyValue, Optional[Tensor]]:
+        """Caches the content keys and values (N, 2, H, D / H) of `position` in `layer`; returns those
+        of every position so far, and the additive mask of their attention (None: all of them)."""
+        cache = self.content_kv[layer]
+        cache[:, :, :, position] = key_value
+        return (cache[:, 0, :, :position + 1], cache[:, 1, :, :position + 1]), None
 
 
 def _step_weights(layer: DecoderLayer) -> Tuple[Tensor, ...]:
@@ -177,6 +213,7 @@ class CharDecoder(nn.Module):
 
     def memory_kv(self, memory: Tensor) -> List[KeyValue]:
         """Each layer's cross-attention keys and values of `memory`."""
+        memory = record_memory(self, memory)
         return [project_kv(layer.cross_attn, memory) for layer in self.layers]
 
     def embed_content(self, tokens: Tensor) -> Tensor:
@@ -190,6 +227,7 @@ class CharDecoder(nn.Module):
                padding_mask: Optional[Tensor] = None) -> Tensor:
         """Logits (N, Q, C) for the queries (default: the first L position queries) given the context
         `tokens` (N, L), BOS first. Masks are additive (Q, L) / (L, L); `padding_mask` is (N, L)."""
+        record_pass(self, greedy=False)
         content = self.dropout(self.embed_content(tokens))
         if queries is None:
             queries = self.pos_queries[:, :tokens.shape[1]].expand(tokens.shape[0], -1, -1)
@@ -199,36 +237,34 @@ class CharDecoder(nn.Module):
         for i, layer in enumerate(self.layers):
             query, content = maybe_checkpoint(self.grad_checkpointing, layer, query, content, memory_kv[i], query_mask,
                                               content_mask, i < len(self.layers) - 1)
-        return self.head(self.norm(query))
+        return record_logits(self, self.head(self.norm(query)))
 
     def start(self, memory_kv: List[KeyValue], num_steps: int) -> DecodeState:
+        record_pass(self, greedy=True)
         return DecodeState(self, memory_kv, num_steps)
 
     def step(self, state: DecodeState, token: Tensor, position: int) -> Tensor:
-        """One greedy step (inference only): adds content position `position` holding `token` (N,)
-        and returns the logits (N, C) of the query at that position, which sees every content
-        position so far. Works on (N, D) rows with the layers' weights directly: calling the modules
-        costs 10-20 % more on a CPU at batch 1."""
-        content = state.embeddings[token]
-        if position:
-            content = content + state.positions[position - 1]
-        query = state.positions[position]
+        """One greedy step (eval mode; gradients flow through it): adds content position `position`
+        holding `token` (N,) and returns the logits (N, C) of the query at that position, which sees
+        every content position so far. Works on (N, D) rows with the layers' weights directly:
+        calling the modules costs 10-20 % more on a CPU at batch 1."""
+        content = state.content(token, position)
+        query = state.query(position)
         for i, (layer, (q_w, q_b, kv_w, kv_b, cross_q_w, cross_q_b)) in enumerate(zip(self.layers, state.weights)):
             content_norm = _layer_norm(layer.norm_c, content)
-            cache = state.content_kv[i]
-            num_heads = cache.shape[2]
-            cache[:, :, :, position] = F.linear(content_norm, kv_w, kv_b).view(cache.shape[:3] + cache.shape[4:])
-            self_kv = (cache[:, 0, :, :position + 1], cache[:, 1, :, :position + 1])
+            num_heads = layer.self_attn.num_heads
+            key_value = F.linear(content_norm, kv_w, kv_b).unflatten(-1, (2, num_heads, -1))
+            self_kv, self_mask = state.store(i, position, key_value)
             memory_kv = state.memory_kv[i]
             if i == 0:
-                q = state.first_q[:, :, position:position + 1]
+                q = state.first_queries(position)
             else:
                 q = _rows_to_heads(F.linear(_layer_norm(layer.norm_q, query), q_w, q_b), num_heads)
             if i < len(self.layers) - 1:
                 content_q = _rows_to_heads(F.linear(content_norm, q_w, q_b), num_heads)
-                content = _stream_rows(layer, content, content_q, self_kv, memory_kv, cross_q_w, cross_q_b)
-            query = _stream_rows(layer, query, q, self_kv, memory_kv, cross_q_w, cross_q_b)
-        return F.linear(_layer_norm(self.norm, query), self.head.weight, self.head.bias)
+                content = _stream_rows(layer, content, content_q, self_kv, memory_kv, cross_q_w, cross_q_b, self_mask)
+            query = _stream_rows(layer, query, q, self_kv, memory_kv, cross_q_w, cross_q_b, self_mask, record=True)
+        return record_logits(self, F.linear(_layer_norm(self.norm, query), self.head.weight, self.head.bias))
 
 
 class Decoder(CharDecoder):
@@ -257,7 +293,18 @@ class DecoderStack(nn.Module):
         self.norm = nn.LayerNorm(embed_dim)
 
 
-def greedy_decode(decoder: CharDecoder, memory_kv: List[KeyValue], tokens: Tensor, num_steps: int,
+class Stepper(Protocol):
+    """What greedy decoding needs of a decoder: a state made from the memory, then one step at a time
+    (`CharDecoder`, or the step graph of an ONNX export)."""
+
+    def start(self, memory_kv: Any, num_steps: int) -> Any:
+        ...
+
+    def step(self, state: Any, token: Tensor, position: int) -> Tensor:
+        ...
+
+
+def greedy_decode(decoder: Stepper, memory_kv: Any, tokens: Tensor, num_steps: int,
                   stop_at: Optional[int] = None) -> Tensor:
     """Greedy decoding that writes each step's argmax into `tokens` (N, S) after the BOS. With
     `stop_at` (the EOS id) it stops once every sample of the batch has produced it."""
@@ -278,7 +325,7 @@ def greedy_decode(decoder: CharDecoder, memory_kv: List[KeyValue], tokens: Tenso
 
 def parallel_decode(decoder: CharDecoder, memory_kv: List[KeyValue], bos: Tensor, num_steps: int) -> Tensor:
     """Non-autoregressive decoding: every position query at once, with BOS as the only context."""
-    return decoder.decode(bos, memory_kv, decoder.pos_queries[:, :num_steps].expand(len(bos), -1, -1))
+    return decoder.decode(bos, memory_kv, decoder.pos_queries[:, :num_steps].expand(bos.shape[0], -1, -1))
 
 
 def refine(decoder: CharDecoder, memory_kv: List[KeyValue], logits: Tensor, bos: Tensor, mask: Tensor,
@@ -286,9 +333,9 @@ def refine(decoder: CharDecoder, memory_kv: List[KeyValue], logits: Tensor, bos:
     """One cloze pass over all position queries of `mask`, the context being the previous
     prediction up to its first EOS."""
     context = torch.cat([bos, logits[:, :-1].argmax(-1)], dim=1)
-    padding = (context == eos_id).cumsum(-1) > 0
+    padding = (context == eos_id).long().cumsum(-1) > 0
     length = context.shape[1]
-    queries = decoder.pos_queries[:, :mask.shape[0]].expand(len(context), -1, -1)
+    queries = decoder.pos_queries[:, :mask.shape[0]].expand(context.shape[0], -1, -1)
     return decoder.decode(context, memory_kv, queries, mask[:, :length], mask[:length, :length], padding)
 
 
@@ -298,20 +345,25 @@ def _layer_norm(norm: nn.LayerNorm, x: Tensor) -> Tensor:
 
 def _rows_to_heads(x: Tensor, num_heads: int) -> Tensor:
     """(N, D) -> (N, H, 1, D / H)."""
-    return x.view(len(x), num_heads, 1, -1)
+    return x.unflatten(-1, (num_heads, 1, -1))
 
 
-def _attend_rows(q: Tensor, kv: KeyValue, out_proj: nn.Linear) -> Tensor:
-    """Attention of one query per sample (N, H, 1, D / H), projected out: (N, D)."""
-    out = F.scaled_dot_product_attention(q, kv[0], kv[1])
-    return F.linear(out.view(len(out), -1), out_proj.weight, out_proj.bias)
+def _attend_rows(attn: nn.MultiheadAttention, q: Tensor, kv: KeyValue, mask: Optional[Tensor] = None,
+                 record: bool = False) -> Tensor:
+    """Attention of one query per sample (N, H, 1, D / H), projected out: (N, D); `mask` is additive.
+    With `record`, its weights also go to the active recorder."""
+    out = F.scaled_dot_product_attention(q, kv[0], kv[1], attn_mask=mask)
+    if record:
+        record_weights(attn, q, kv[0], mask)
+    return F.linear(out.flatten(1), attn.out_proj.weight, attn.out_proj.bias)
 
 
 def _stream_rows(layer: DecoderLayer, x: Tensor, q: Tensor, self_kv: KeyValue, memory_kv: KeyValue,
-                 cross_q_w: Tensor, cross_q_b: Tensor) -> Tensor:
+                 cross_q_w: Tensor, cross_q_b: Tensor, self_mask: Optional[Tensor] = None,
+                 record: bool = False) -> Tensor:
     """`DecoderLayer.stream` in eval mode for one position per sample, on (N, D) rows."""
-    x = x + _attend_rows(q, self_kv, layer.self_attn.out_proj)
+    x = x + _attend_rows(layer.self_attn, q, self_kv, self_mask)
     cross_q = _rows_to_heads(F.linear(_layer_norm(layer.norm1, x), cross_q_w, cross_q_b), q.shape[1])
-    x = x + _attend_rows(cross_q, memory_kv, layer.cross_attn.out_proj)
+    x = x + _attend_rows(layer.cross_attn, cross_q, memory_kv, record=record)
     hidden = F.gelu(F.linear(_layer_norm(layer.norm2, x), layer.linear1.weight, layer.linear1.bias))
     return x + F.linear(hidden, layer.linear2.weight, layer.linear2.bias)

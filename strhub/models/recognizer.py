@@ -1,7 +1,7 @@
 """What the plain models of every family share: the character tokenizer, the test charset, the
 decoding settings, and PARSeq's single-branch recognition (STR-Adapter and PARSeq differ only in
 their encoder)."""
-from typing import List, Optional, Sequence, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
 from torch import Tensor, nn
@@ -29,6 +29,16 @@ class Recognizer(nn.Module):
     @property
     def image_size(self) -> Tuple[int, int]:
         """The input size (height, width)."""
+        raise NotImplementedError
+
+    @property
+    def token_grid(self) -> Tuple[int, Tuple[int, int]]:
+        """The image tokens of the decoders' memory: how many come before the patch grid (CLS), and the
+        grid (rows, columns), in row-major order."""
+        raise NotImplementedError
+
+    def named_decoders(self) -> Dict[str, CharDecoder]:
+        """The decoders by name, in the order the model runs them."""
         raise NotImplementedError
 
     def few_row_modules(self) -> Sequence[nn.Module]:
@@ -109,6 +119,9 @@ class PARSeqRecognizer(Recognizer, CharDecoder):
 
     def set_encoder_checkpointing(self, enable: bool) -> None:
         raise NotImplementedError
+
+    def named_decoders(self) -> Dict[str, CharDecoder]:
+        return {"decoder": self}
 
     def encode(self, images: Tensor) -> Tensor:
         """The decoder's memory (N, M, D)."""

@@ -17,7 +17,8 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Type
 from omegaconf import OmegaConf
 from torch import Tensor, nn
 
-CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs"
+from strhub.configs import CONFIG_DIR
+
 
 
 @dataclass(frozen=True)

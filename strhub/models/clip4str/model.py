@@ -6,7 +6,8 @@ import torch
 from open_clip.model import CLIP
 from torch import Tensor, nn
 
-from strhub.models.clip import CaptionTokenizer, build_on_clip, clip_settings, encode_image_tokens, encode_text_tokens
+from strhub.models.clip import (CaptionTokenizer, build_on_clip, clip_settings, clip_token_grid, encode_image_tokens,
+                                encode_text_tokens)
 from strhub.models.decoder import Decoder, KeyValue, cloze_mask
 from strhub.models.recognizer import Recognizer
 from strhub.models.state_dicts import count_blocks, sub_state_dict
@@ -81,6 +82,19 @@ class CLIP4STR(Recognizer):
         """The input size (height, width)."""
         return tuple(self.clip_model.visual.image_size)
 
+    @property
+    def token_grid(self) -> Tuple[int, Tuple[int, int]]:
+        """CLS, then the patch grid; the CLS token alone with `clip_cls_eot_feature`. The cross decoder's
+        memory holds the caption's tokens after these."""
+        return (1, (0, 0)) if self.clip_cls_eot_feature else clip_token_grid(self.clip_model)
+
+    def named_decoders(self) -> Dict[str, Decoder]:
+        """The visual decoder, then the cross-modal one (whose memory is [image tokens ; caption tokens])."""
+        decoders = {"visual": self.visual_decoder}
+        if self.cross_decoder is not None:
+            decoders["cross"] = self.cross_decoder
+        return decoders
+
     def compile_image_encoder(self, **options: Any) -> None:
         """Runs the image encoder through `torch.compile` (same numbers, fused kernels)."""
         self.image_encoder = torch.compile(encode_image_tokens, **options)
@@ -132,10 +146,14 @@ class CLIP4STR(Recognizer):
         """For each tensor of visual logits (N, L, C), the cross decoder's keys and values of the text
         part of its memory: the CLIP encoding of the captions read off the logits. The captions of
         all the tensors are encoded together."""
-        text_kv = self.cross_decoder.memory_kv(self.encode_captions(self.caption_ids(visual_logits)))
+        text_kv = self.cross_decoder.memory_kv(self.encode_caption_ids(self.caption_ids(visual_logits)))
         sizes = [len(logits) for logits in visual_logits]
         parts = [list(zip(key.split(sizes), value.split(sizes))) for key, value in text_kv]
         return [[layer[i] for layer in parts] for i in range(len(sizes))]
+
+    def captions(self, visual_logits: Tensor) -> List[str]:
+        """The captions read off visual logits (N, L, C), as the original reads them."""
+        return self.tokenizer.decode_fast(visual_logits.detach().softmax(-1), self.charset_adapter)[0]
 
     def caption_ids(self, visual_logits: List[Tensor]) -> Tensor:
         """The CLIP token ids, on the host, of the captions read off each sample's visual logits (N, L, C).
@@ -146,19 +164,19 @@ class CLIP4STR(Recognizer):
             token_ids = torch.arange(1, count + 1).unsqueeze(1).expand(-1, self.context_length).clone()
             token_ids[:, 0], token_ids[:, -1] = self.caption_tokenizer.sot_token_id, self.caption_tokenizer.eot_token_id
             return token_ids
-        captions = [caption for logits in visual_logits
-                    for caption in self.tokenizer.decode_fast(logits.detach().softmax(-1), self.charset_adapter)[0]]
+        captions = [caption for logits in visual_logits for caption in self.captions(logits)]
         return self.caption_tokenizer(captions, self.context_length)
 
-    def encode_captions(self, token_ids: Tensor) -> Tensor:
-        """CLIP text features (N, context_length, D) of captions' token ids (N, context_length) on the host."""
+    def encode_caption_ids(self, token_ids: Tensor) -> Tensor:
+        """CLIP text features (N, context_length, D) of captions as CLIP token ids (N, context_length), on the host
+        (best: the text encoder groups them there) or on CLIP's device."""
         device = self.clip_model.token_embedding.weight.device
         with torch.set_grad_enabled(torch.is_grad_enabled() and not self.text_frozen):
             if self.cross_token_embeding:
                 return self.clip_model.token_embedding(token_ids.to(device))
             features = encode_text_tokens(self.clip_model, token_ids)
         if self.clip_cls_eot_feature:
-            features = features[torch.arange(len(features)), token_ids.argmax(-1).to(device)].unsqueeze(1)
+            features = features[torch.arange(features.shape[0]), token_ids.argmax(-1).to(device)].unsqueeze(1)
         return features
 
     @staticmethod

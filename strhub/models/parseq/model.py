@@ -36,6 +36,10 @@ class PARSeq(PARSeqRecognizer):
     def image_size(self) -> Tuple[int, int]:
         return tuple(self.encoder.patch_embed.img_size)
 
+    @property
+    def token_grid(self) -> Tuple[int, Tuple[int, int]]:
+        return self.encoder.num_prefix_tokens, tuple(self.encoder.patch_embed.grid_size)
+
     def encode(self, images: Tensor) -> Tensor:
         return self.proj(self.encoder.forward_features(images))
 

@@ -7,7 +7,8 @@ import torch
 from open_clip.model import CLIP
 from torch import Tensor, nn
 
-from strhub.models.clip import RunsResidualBlock, build_on_clip, clip_settings, vision_features
+from strhub.models.clip import (RunsResidualBlock, build_on_clip, clip_settings, clip_token_grid,
+                               vision_features)
 from strhub.models.recognizer import PARSeqRecognizer
 from strhub.models.state_dicts import count_blocks
 from strhub.models.str_adapter.adapters import build_adapter
@@ -29,6 +30,10 @@ class STRAdapter(PARSeqRecognizer):
     @property
     def image_size(self) -> Tuple[int, int]:
         return tuple(self.clip_model.visual.image_size)
+
+    @property
+    def token_grid(self) -> Tuple[int, Tuple[int, int]]:
+        return clip_token_grid(self.clip_model)
 
     def train(self, mode: bool = True) -> "STRAdapter":
         super().train(mode)

@@ -1,0 +1,222 @@
+"""ONNX export and the ONNX Runtime reader (strhub.deploy, export.py, read.py --backend onnx).
+
+Tiny models of every family, built by the fixtures of the equivalence tests (tests/reference/weights.py and
+family_weights.py: weights whose decoding stops early at different steps for the batch of 24 and for single
+images), are exported and read with ONNX Runtime. Its logits must be within 1e-4 of PyTorch's and of the original
+code's outputs, for the batch and for each image alone, with the same strings and confidences.
+"""
+import json
+import runpy
+import sys
+from pathlib import Path
+from typing import Dict, List, Sequence, Tuple
+
+import onnxruntime  # noqa: F401  (the onnx extra; CI installs it)
+import pytest
+import torch
+from PIL import Image
+
+from strhub.data.transforms import get_transform
+from strhub.deploy import OnnxReader
+from strhub.deploy.export import ExportError, check_export, export_onnx
+from strhub.deploy.runtime import ExportNotFoundError
+from strhub.models.checkpoint import load_model
+from test_equivalence import weights  # the fixtures' weight makers
+from test_equivalence_families import family_weights
+
+REPO = Path(__file__).resolve().parents[1]
+REFERENCE_DIR = REPO / "tests" / "reference"
+LOGIT_ATOL = 1e-4
+CONFIDENCE_ATOL = 1e-5
+
+
+CHARSETS = {36: weights.CHARSET_36, 94: weights.CHARSET_94}
+FAMILY_VARIANTS = ("str_adapter_ladder_pruning", "baudm_parseq")
+
+
+def _run(script: str, args: Sequence[object], monkeypatch, capsys) -> Tuple[int, str, str]:
+    """Runs a command-line script of the repository in this process (its imports are already done):
+    exit status, stdout, stderr."""
+    monkeypatch.setattr(sys, "argv", [script, *map(str, args)])
+    monkeypatch.syspath_prepend(str(REPO))  # as `python script.py` has it
+    status = 0
+    try:
+        runpy.run_path(str(REPO / script), run_name="__main__")
+    except SystemExit as exit:
+        status = exit.code or 0
+    captured = capsys.readouterr()
+    return status, captured.out, captured.err
+
+
+def _images(names: List[str], size) -> torch.Tensor:
+    transform = get_transform(size)
+    return torch.stack([transform(Image.open(REFERENCE_DIR / "images" / name).convert("RGB")) for name in names])
+
+
+def _confidences(model, logits: torch.Tensor) -> torch.Tensor:
+    return torch.tensor([float(p.double().prod()) for p in model.tokenizer.decode(logits.softmax(-1))[1]],
+                        dtype=torch.float64)
+
+
+def _assert_close(actual: torch.Tensor, expected: torch.Tensor, what: str) -> None:
+    assert actual.shape == expected.shape, f"{what}: shape {tuple(actual.shape)} != {tuple(expected.shape)}"
+    difference = float((actual.float() - expected.float()).abs().max())
+    assert difference <= LOGIT_ATOL, f"{what}: max |difference| {difference:.3g}"
+
+
+def _assert_reads_like_pytorch_and_original(reader: OnnxReader, model, images: torch.Tensor, ref: Dict,
+                                            what: str) -> None:
+    """The batch, then each image alone: ONNX Runtime against PyTorch (logits, strings, confidences) and
+    against the original's outputs `ref`."""
+    with torch.inference_mode():
+        runs = {"batch": (reader(images), model(images))}
+        alone = [(reader(images[i:i + 1]), model(images[i:i + 1])) for i in range(len(images))]
+    for i, (onnx_logits, torch_logits) in enumerate(alone):
+        _assert_close(onnx_logits, torch_logits, f"{what}, image {i} alone, against PyTorch")
+        _assert_close(onnx_logits[0], ref["alone_logits"][i], f"{what}, image {i} alone, against the original")
+    runs["alone"] = tuple(torch.cat(logits) for logits in zip(*alone))
+    _assert_close(runs["batch"][0], runs["batch"][1], f"{what}, batch, against PyTorch")
+    _assert_close(runs["batch"][0], ref["batch_logits"], f"{what}, batch, against the original")
+    for run, (onnx_logits, torch_logits) in runs.items():
+        strings = reader.tokenizer.decode(onnx_logits.softmax(-1))[0]
+        assert strings == model.tokenizer.decode(torch_logits.softmax(-1))[0] == ref[f"{run}_strings"], f"{what}, {run}"
+        confidences = _confidences(model, onnx_logits)
+        torch.testing.assert_close(confidences, _confidences(model, torch_logits), atol=CONFIDENCE_ATOL, rtol=0)
+        torch.testing.assert_close(confidences, torch.tensor(ref[f"{run}_confidences"], dtype=torch.float64),
+                                   atol=CONFIDENCE_ATOL, rtol=1e-5)
+
+
+@pytest.fixture(scope="module")
+def clip4str_files(tmp_path_factory) -> Dict[str, Path]:
+    pt_path, ckpt_path = weights.write_weights(tmp_path_factory.mktemp("clip4str_fixture"))
+    return {"pt": pt_path, "ckpt": ckpt_path}
+
+
+@pytest.fixture(scope="module")
+def reference() -> Dict:
+    return torch.load(REFERENCE_DIR / "original_outputs.pt", map_location="cpu", weights_only=True)
+
+
+@pytest.mark.parametrize("charset", [36, 94])
+def test_clip4str_fixture_reads_as_the_original(clip4str_files, reference, tmp_path, charset):
+    """CLIP4STR: the caption of each visual pass is tokenised in Python between the graphs, the cross branch
+    decodes as many steps as the visual one, and the early stop is the batch's."""
+    model = load_model(clip4str_files["ckpt"], charset_test=CHARSETS[charset]).eval()
+    manifest = export_onnx(model, tmp_path, opset=17, atol=LOGIT_ATOL)
+    assert set(manifest["graphs"]) == {"encoder", "caption", "step", "refine", "cross_step", "cross_refine"}
+    reader = OnnxReader(tmp_path, device="cpu")
+    images = _images(reference["image_names"], reader.image_size)
+    _assert_reads_like_pytorch_and_original(reader, model, images, reference["test"][charset],
+                                            f"CLIP4STR, charset {charset}")
+
+
+@pytest.mark.parametrize("variant", FAMILY_VARIANTS)
+def test_families_read_as_the_original(tmp_path, monkeypatch, capsys, variant):
+    """STR-Adapter (pruned ladder) exported in-process, PARSeq with export.py: the command checks its export
+    and says so."""
+    ckpt = family_weights.write_weights(tmp_path, [variant])[variant][1]
+    ref = torch.load(REFERENCE_DIR / family_weights.OUTPUT_FILES[variant], weights_only=True)[variant]
+    model = load_model(ckpt).eval()
+    out = tmp_path / "export"
+    if variant.startswith("str_adapter"):
+        export_onnx(model, out, opset=17, atol=LOGIT_ATOL)
+    else:
+        status, stdout, stderr = _run("export.py", [ckpt, "--out", out, "--opset", 18], monkeypatch, capsys)
+        assert status == 0, stderr
+        assert "batch 3: logits within" in stdout and "3 of 3 strings the same" in stdout and f"done: {out}" in stdout
+    manifest = json.loads((out / "model.json").read_text())
+    assert manifest["opset"] == (17 if variant.startswith("str_adapter") else 18)
+    assert set(manifest["graphs"]) == {"encoder", "step", "refine"}
+    reader = OnnxReader(out / "encoder.onnx")  # any graph of the folder names the export
+    images = _images(ref["image_names"], reader.image_size)
+    _assert_reads_like_pytorch_and_original(reader, model, images, ref["test"][94], variant)
+
+
+def test_nar_decoding_and_two_refinement_passes(clip4str_files, tmp_path):
+    """Without AR decoding the branches run their `parallel` graphs; two refinement passes give the cross
+    branch three caption memories. The manifest holds what a runtime needs."""
+    model = load_model(clip4str_files["ckpt"], decode_ar=False, refine_iters=2).eval()
+    manifest = export_onnx(model, tmp_path, opset=17, atol=LOGIT_ATOL)
+    assert set(manifest["graphs"]) == {"encoder", "caption", "parallel", "refine", "cross_parallel", "cross_refine"}
+    assert manifest["special_tokens"] == {"eos": 0, "bos": 95, "pad": 96}
+    assert manifest["image_size"] == [weights.IMAGE_SIZE] * 2 and manifest["mean"] == manifest["std"] == [0.5]
+    assert manifest["caption"]["context_length"] == model.context_length
+    step_inputs = [spec["name"] for spec in manifest["graphs"]["refine"]["inputs"]]
+    assert step_inputs == ["previous_logits", "memory_key_0", "memory_value_0"]
+    results = check_export(model, tmp_path, batches=[4, 1], seed=1, atol=LOGIT_ATOL)
+    assert [(r.batch, r.same_strings) for r in results] == [(4, 4), (1, 1)]
+    texts, confidences = OnnxReader(tmp_path).read([REFERENCE_DIR / "images" / "00.png", REFERENCE_DIR / "images" /
+                                                    "01.png"], batch_size=1)
+    with torch.inference_mode():
+        logits = [model(_images([name], model.image_size)) for name in ("00.png", "01.png")]
+    assert texts == [model.tokenizer.decode(x.softmax(-1))[0][0] for x in logits]
+    assert confidences == pytest.approx([float(_confidences(model, x)[0]) for x in logits], abs=CONFIDENCE_ATOL)
+
+
+def test_read_py_onnx_backend_prints_what_the_torch_backend_prints(clip4str_files, tmp_path, monkeypatch, capsys):
+    model = load_model(clip4str_files["ckpt"]).eval()
+    export_onnx(model, tmp_path / "export", opset=17, atol=LOGIT_ATOL)
+    images = [str(REFERENCE_DIR / "images" / name) for name in ("00.png", "05.png", "11.png")]
+    outputs = {}
+    for backend, path in (("torch", clip4str_files["ckpt"]), ("onnx", tmp_path / "export")):
+        status, stdout, stderr = _run("read.py", [path, *images, "--json", "--batch_size", 2, "--backend", backend],
+                                      monkeypatch, capsys)
+        assert status == 0, stderr
+        outputs[backend] = json.loads(stdout)
+    assert [r["text"] for r in outputs["onnx"]] == [r["text"] for r in outputs["torch"]]
+    assert [r["confidence"] for r in outputs["onnx"]] == pytest.approx([r["confidence"] for r in outputs["torch"]],
+                                                                       abs=CONFIDENCE_ATOL)
+    status, _, stderr = _run("read.py", [tmp_path / "export", *images, "--backend", "onnx", "refine_iters:int=2"],
+                             monkeypatch, capsys)
+    assert status == 2 and "refine_iters cannot be overridden" in stderr
+
+
+def test_unsupported_opset_is_named(clip4str_files, tmp_path, monkeypatch, capsys):
+    model = load_model(clip4str_files["ckpt"]).eval()
+    with pytest.raises(ExportError, match=r"--opset 13 is not supported.*opset 14 or newer"):
+        export_onnx(model, tmp_path, opset=13, atol=LOGIT_ATOL)
+    assert not list(tmp_path.iterdir())
+    status, _, stderr = _run("export.py", [clip4str_files["ckpt"], "--out", tmp_path, "--opset", 21],
+                             monkeypatch, capsys)
+    assert status == 2 and "--opset 21 is not supported" in stderr and "at most 20" in stderr
+
+
+def test_fp16_export_is_checked_against_the_float16_model(clip4str_files, tmp_path):
+    """--fp16 graphs run float16 end to end; weights of another dtype are refused, naming it."""
+    model = load_model(clip4str_files["ckpt"]).eval().half()
+    manifest = export_onnx(model, tmp_path, opset=17, atol=5e-2)
+    assert manifest["dtype"] == "float16"
+    assert {spec["dtype"] for spec in manifest["graphs"]["encoder"]["outputs"]} == {"float16"}
+    results = check_export(model, tmp_path, batches=[3], seed=0, atol=5e-2, exact=False)
+    assert results[0].max_difference <= 5e-2
+    with pytest.raises(ExportError, match=r"weights are torch.bfloat16.*--fp16"):
+        export_onnx(model.bfloat16(), tmp_path / "bf16", opset=17, atol=5e-2)
+
+
+def test_a_folder_without_the_manifest_says_what_is_missing(tmp_path, monkeypatch, capsys):
+    (tmp_path / "encoder.onnx").write_bytes(b"")
+    with pytest.raises(ExportNotFoundError, match=r"holds encoder.onnx but no model.json \(the charset, image size"):
+        OnnxReader(tmp_path)
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ExportNotFoundError, match="holds no .onnx graph"):
+        OnnxReader(tmp_path / "empty")
+    (tmp_path / "model.json").write_text(json.dumps({"format": "strhub-onnx", "format_version": 1,
+                                                     "graphs": {"step": {"file": "step.onnx"}}}))
+    with pytest.raises(ExportNotFoundError, match="names graphs that are not there: step.onnx"):
+        OnnxReader(tmp_path)
+    status, _, stderr = _run("read.py", [tmp_path / "empty", REFERENCE_DIR / "images", "--backend", "onnx"],
+                             monkeypatch, capsys)
+    assert status == 2 and "no model.json" in stderr
+
+
+def test_bench_onnx_times_both_backends_on_the_same_weights(monkeypatch, capsys):
+    status, stdout, stderr = _run("bench_onnx.py", ["--experiment", "parseq-mini", "--batches", 1, 2, "--warmup", 0,
+                                                    "--repeats", 1], monkeypatch, capsys)
+    assert status == 0, stderr
+    lines = [line for line in stdout.splitlines() if line.startswith("batch ")]
+    assert [line.split(":")[0] for line in lines] == ["batch   1", "batch   2"]
+    for line in lines:
+        pytorch, onnx_runtime = (float(part.split()[-2]) for part in line.split("|")[:2])
+        ratio = float(line.split("|")[2].split()[-1])
+        assert pytorch > 0 and onnx_runtime > 0 and ratio == pytest.approx(pytorch / onnx_runtime, rel=0.02)
+        assert float(line.split("within")[1]) <= LOGIT_ATOL
