@@ -47,7 +47,9 @@ def plan_memory(config: DictConfig) -> None:
     if config.measure is True or (config.measure == "auto" and fits and plan.world_size == 1):
         measured = measure_step(model, plan, str(device))
         print(f"Measured, one process on {device}: peak {measured['peak'] / GIB:.2f} GiB "
-              f"({100 * (memory.total / measured['peak'] - 1):+.0f} % estimated), {measured['seconds']:.2f} s per step")
+              f"({100 * (memory.total / measured['peak'] - 1):+.0f} % estimated), activations "
+              f"{measured['activations'] / GIB:.2f} GiB ({100 * (memory.activations / measured['activations'] - 1):+.0f} "
+              f"% estimated), {measured['seconds']:.2f} s per step")
     print(f"Largest batch per GPU (estimates, {100 * config.memory_headroom:.0f} % of each left free):")
     for checkpointing in (False, True):
         variant = dataclasses.replace(plan, grad_checkpointing=checkpointing, grad_checkpointing_decoder=checkpointing)

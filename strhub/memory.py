@@ -432,6 +432,11 @@ def peak_memory(device: torch.device) -> int:
     return torch.cuda.max_memory_allocated() if device.type == "cuda" else resident_memory("VmHWM")
 
 
+def memory_in_use(device: torch.device) -> int:
+    """Bytes in use now: CUDA's allocated tensors, or the process's resident set."""
+    return torch.cuda.memory_allocated(device) if device.type == "cuda" else resident_memory()
+
+
 def follow_tensor_memory() -> None:
     """Has glibc's malloc give every block of 64 KiB or more a mapping of its own, returned to the system when freed,
     so that the resident set follows the tensors, as CUDA's allocated bytes do (by default malloc keeps freed blocks
@@ -462,11 +467,13 @@ def _measure(settings: Mapping[str, Any], plan: TrainingPlan, device_name: str, 
     tgt = system.tokenizer.encode(labels, device)
     autocast = torch.autocast(device.type, dtype, enabled=plan.precision.endswith("-mixed"))
     reset_peak_memory(device)
-    seconds = []
+    seconds, activations = [], []
     for _ in range(steps):
         start = time.perf_counter()
+        before = memory_in_use(device)
         with autocast:
             loss = system.permutation_step(images, tgt, system.gen_tgt_perms(tgt))
+        activations.append(memory_in_use(device) - before)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 20.0)
         optimizer.step()
@@ -474,13 +481,15 @@ def _measure(settings: Mapping[str, Any], plan: TrainingPlan, device_name: str, 
         if device.type == "cuda":
             torch.cuda.synchronize()
         seconds.append(time.perf_counter() - start)
-    queue.put({"peak": peak_memory(device) - baseline, "seconds": statistics.median(seconds[1:] or seconds)})
+    queue.put({"peak": peak_memory(device) - baseline, "seconds": statistics.median(seconds[1:] or seconds),
+               "activations": statistics.median(activations)})
 
 
 def measure_step(settings: Mapping[str, Any], plan: TrainingPlan, device: str, steps: int = 3) -> Dict[str, float]:
     """The peak memory of real training steps of one process (bytes; on a CPU the resident set above that of the
-    process before the model was built) and the median seconds of a step after the first, measured in a fresh process
-    with random weights and random labels as long as allowed."""
+    process before the model was built), the median memory their forward passes leave for the backward pass
+    (`activations`) and the median seconds of a step after the first, measured in a fresh process with random weights
+    and random labels as long as allowed."""
     context = mp.get_context("spawn")
     queue = context.Queue()
     process = context.Process(target=_measure, args=(dict(settings), plan, device, steps, queue))

@@ -15,8 +15,8 @@ from pytorch_lightning.strategies import DDPStrategy, FSDPStrategy
 from torch import Tensor
 
 from strhub.cli import ConfigError
-from strhub.memory import (DECODER, ENCODER, ModelSizes, Planner, StepMemory, TrainingPlan, plan_of, saved_tensors,
-                           step_memory, training_labels, training_plan_line)
+from strhub.memory import (DECODER, ENCODER, ModelSizes, Planner, StepMemory, TrainingPlan, measure_step, plan_of,
+                           saved_tensors, step_memory, training_labels, training_plan_line)
 from strhub.models.clip import ClipBlock
 from strhub.models.registry import model_config
 from strhub.models.utils import create_model
@@ -196,3 +196,13 @@ def test_the_training_log_line_gives_the_plan_or_says_why_there_is_none():
     assert training_plan_line(model, {"precision": "32", "strategy": "ddp_fork"}, 2) == (
         "Memory plan: none for trainer.strategy='ddp_fork': memory is planned for auto, ddp, ddp_spawn, fsdp, "
         "deepspeed_stage_2")
+
+
+def test_the_estimated_activations_are_those_of_a_measured_step():
+    """A real training step of the tiny CLIP4STR in a fresh process keeps the activations the meta device counts."""
+    settings = {**model_config("tiny"), "dropout": 0.0}
+    plan = TrainingPlan(32)
+    measured = measure_step(settings, plan, "cpu", steps=2)
+    estimated = Planner(settings, device_type="cpu").estimate(plan)
+    assert abs(estimated.activations / measured["activations"] - 1) < 0.15
+    assert measured["peak"] > measured["activations"] > 0 and measured["seconds"] > 0
