@@ -2,7 +2,8 @@
 """Draws what a recognizer looks at: one PNG per image with the model's input, its reading with the confidence of
 each character, and for each decoded character (then EOS) the decoders' cross-attention over the image, heads
 averaged, at the patch grid (the CLS token's share written above each map). For CLIP4STR, also the cross-modal
-decoder's attention over the caption's tokens, a bar per BPE token.
+decoder's attention over the caption's tokens, a bar per token (CLIP's BPE tokens, or those of a Hugging Face text
+tower's tokenizer).
 
     python explain.py CHECKPOINT misc/test_images --out explained
     python explain.py CHECKPOINT photo.png 'crops/*.jpg' --out explained --method gradcam --all_passes

@@ -16,8 +16,10 @@ setup(
     python_requires=">=3.9",
     packages=find_packages(include=["strhub", "strhub.*"]),
     install_requires=requirements,
-    # onnx writes the graphs of export.py, onnxruntime runs them (onnxruntime-gpu instead for CUDA).
-    extras_require={"test": ["pytest>=7"], "onnx": ["onnx>=1.16", "onnxruntime>=1.18"]},
+    # onnx writes the graphs of export.py, onnxruntime runs them (onnxruntime-gpu instead for CUDA);
+    # multilingual: a Hugging Face text tower for CLIP4STR's cross-modal branch (model.text_tower).
+    extras_require={"test": ["pytest>=7"], "onnx": ["onnx>=1.16", "onnxruntime>=1.18"],
+                    "multilingual": ["transformers>=5.0,<6", "tokenizers>=0.22"]},
     entry_points={"console_scripts": [
         "strhub-create-lmdb = strhub.tools.create_lmdb:main",
         "strhub-inspect-lmdb = strhub.tools.inspect_lmdb:main",

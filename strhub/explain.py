@@ -25,7 +25,8 @@ CAPTION_DECODER = "cross"  # CLIP4STR's cross-modal decoder, whose memory ends w
 @dataclass(frozen=True)
 class MemoryLayout:
     """What a decoder's memory holds: `prefix` tokens (CLS) before the patch grid `grid` (rows, columns, in
-    row-major order), then caption tokens, `text` naming each (the CLIP BPE token; empty for padding)."""
+    row-major order), then caption tokens, `text` naming each (the text tower's token, CLIP's BPE by default; empty
+    for padding)."""
 
     prefix: int
     grid: Tuple[int, int]
@@ -84,17 +85,10 @@ class Explanation:
 
 
 def caption_labels(model: Recognizer, visual_logits: Tensor) -> List[Tuple[str, ...]]:
-    """CLIP4STR: per image, the BPE tokens of the caption that the visual logits (N, L, C) make, as the cross
-    decoder's memory holds them (start, tokens, end, then empty strings for the padding)."""
-    tokenizer = model.caption_tokenizer
-    ids = tokenizer(model.captions(visual_logits), model.context_length).tolist()
-    special = {tokenizer.sot_token_id: "<start>", tokenizer.eot_token_id: "<end>"}
-    labels = []
-    for row in ids:
-        end = row.index(tokenizer.eot_token_id) if tokenizer.eot_token_id in row else len(row) - 1
-        labels.append(tuple(special.get(i, tokenizer.decoder[i].replace("</w>", "")) if k <= end else ""
-                            for k, i in enumerate(row)))
-    return labels
+    """CLIP4STR: per image, the tokens of the caption that the visual logits (N, L, C) make, as the cross decoder's
+    memory holds them (CLIP's BPE: start, tokens, end, then empty strings for the padding; see the text tower's
+    `token_labels`)."""
+    return model.text_tower.token_labels(model.captions(visual_logits))
 
 
 def layouts(model: Recognizer, recorded: RecordedPass, index: int,

@@ -20,10 +20,51 @@ TINY_ARCH = {
 }
 
 
-
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "slow: a long test whose behaviour a fast test also covers "
                                        "(deselect with -m 'not slow')")
+
+
+# A tiny CLIP whose text tower is a Hugging Face model (see `make_hf_folder`).
+TINY_HF_ARCH = {"embed_dim": 64, "vision_cfg": TINY_ARCH["vision_cfg"],
+                "text_cfg": {"hf_pooler_type": "mean_pooler", "hf_proj_type": "linear"}}
+# Words in several scripts, to train the tiny tower's tokenizer on.
+MULTILINGUAL_WORDS = ["hello", "Straße", "東京", "北京大学", "привет", "мир", "مرحبا", "नमस्ते", "Tiếng", "Việt", "γειά",
+                      "한국어", "日本語"]
+
+
+def make_hf_folder(folder: Path, weights: bool = True, **config) -> Path:
+    """A tiny XLM-RoBERTa in Hugging Face's save_pretrained layout, with random weights (or only its config), and
+    a fast BPE tokenizer trained on `MULTILINGUAL_WORDS` (<s> caption </s>, padded with <pad> = 1)."""
+    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors, trainers
+    from transformers import AutoModel, PreTrainedTokenizerFast, XLMRobertaConfig
+
+    tokenizer = Tokenizer(models.BPE(unk_token="<unk>"))
+    tokenizer.normalizer = normalizers.NFC()
+    tokenizer.pre_tokenizer = pre_tokenizers.Metaspace()
+    tokenizer.train_from_iterator(MULTILINGUAL_WORDS, trainers.BpeTrainer(
+        vocab_size=120, special_tokens=["<s>", "<pad>", "</s>", "<unk>"], show_progress=False))
+    tokenizer.post_processor = processors.TemplateProcessing(single="<s> $A </s>",
+                                                             special_tokens=[("<s>", 0), ("</s>", 2)])
+    PreTrainedTokenizerFast(tokenizer_object=tokenizer, bos_token="<s>", eos_token="</s>", pad_token="<pad>",
+                            unk_token="<unk>").save_pretrained(folder)
+    settings = dict(vocab_size=tokenizer.get_vocab_size(), hidden_size=48, num_hidden_layers=2, num_attention_heads=2,
+                    intermediate_size=96, max_position_embeddings=40, type_vocab_size=1, pad_token_id=1,
+                    bos_token_id=0, eos_token_id=2)
+    hf_config = XLMRobertaConfig(**{**settings, **config})
+    if weights:
+        torch.manual_seed(0)
+        AutoModel.from_config(hf_config, add_pooling_layer=False).save_pretrained(folder)
+    else:
+        hf_config.save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def hf_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny Hugging Face text tower's folder (`make_hf_folder`), shared: tests that change it make their own."""
+    return make_hf_folder(tmp_path_factory.mktemp("hf_tower"))
+
 
 def make_tiny_model(**overrides) -> CLIP4STRSystem:
     """A very small CLIP4STR with random weights (32x64 images, 8 image tokens + CLS)."""

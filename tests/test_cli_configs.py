@@ -14,7 +14,7 @@ from strhub.models.registry import experiment_family, experiments
 
 REPO = Path(__file__).resolve().parents[1]
 CLIP_FILES = {"vl4str": "ViT-B-16.pt", "vl4str-base32": "ViT-B-32.pt", "vl4str-large": "ViT-L-14.pt",
-              "vl4str-huge": "OpenCLIP-ViT-H-14-laion2B-s32B-b79K.bin"}
+              "vl4str-huge": "OpenCLIP-ViT-H-14-laion2B-s32B-b79K.bin", "vl4str-xlmr": "xlm-roberta-base-ViT-B-32.bin"}
 
 
 def composed(config_name: str = "main", *overrides: str) -> dict:
@@ -33,6 +33,16 @@ def test_experiments_name_their_clip_file(experiment: str) -> None:
     assert config["data"]["charset_train"] == config["model"]["charset_train"] == string.printable[:94]
     trainer = config["trainer"]
     assert trainer["gradient_clip_val"] == 20 and trainer["precision"] == "16-mixed" and trainer["num_nodes"] == 1
+
+
+def test_the_multilingual_experiment_reads_its_text_tower_beside_its_clip_file(tmp_path: Path) -> None:
+    (tmp_path / "chars.txt").write_text("東\n京\nм\nи\nр\n")
+    config = composed("main", "+experiment=vl4str-xlmr", "charset=file", f"charset_file={tmp_path / 'chars.txt'}")
+    model = config["model"]
+    folder = Path(model["text_tower"]["hf_path"])
+    assert folder.name == "xlm-roberta-base" and folder.parent == Path(model["clip_pretrained"]).parent
+    assert model["clip_arch"] == "xlm-roberta-base-ViT-B-32" and model["context_length"] == 16
+    assert model["charset_test"] == model["charset_train"] == config["data"]["charset_test"] == "東京мир"
 
 
 @pytest.mark.parametrize("experiment", experiments())

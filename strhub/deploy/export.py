@@ -24,6 +24,7 @@ from strhub.deploy.runtime import FORMAT, FORMAT_VERSION, MANIFEST, OnnxReader
 from strhub.models.clip4str.model import CLIP4STR
 from strhub.models.recognizer import Recognizer
 from strhub.models.registry import FAMILIES
+from strhub.models.text_towers import CLIPTextTower
 
 MIN_OPSET = 14  # scaled_dot_product_attention
 MAX_OPSET = 20  # the TorchScript exporter's newest
@@ -122,6 +123,9 @@ def export_onnx(model: Recognizer, out: Path, opset: int, atol: float, source: O
     `atol`); returns the manifest. `source` (the checkpoint's name) is recorded in it."""
     check_opset(opset)
     family = family_name(model)
+    if isinstance(model, CLIP4STR) and model.use_language_model and not isinstance(model.text_tower, CLIPTextTower):
+        raise ExportError("this CLIP4STR reads its captions with a Hugging Face text tower (model.text_tower), which "
+                          "the ONNX export does not support: the ONNX reader tokenises captions with CLIP's BPE")
     model.eval()
     dtype = next(model.parameters()).dtype
     if dtype not in (torch.float32, torch.float16):

@@ -10,7 +10,7 @@ import logging
 import re
 import warnings
 from pathlib import Path
-from typing import Any, Dict, FrozenSet, Mapping, Tuple, Union
+from typing import Any, Dict, FrozenSet, Mapping, Optional, Tuple, Union
 
 import torch
 from torch import Tensor, nn
@@ -19,7 +19,7 @@ from strhub.models.layout import return_freed_memory
 from strhub.models.registry import (FAMILIES, Family, check_keys, experiment_family, experiments, known_settings,
                                     model_config, without_weight_files)
 from strhub.models.safe_load import InvalidCheckpointError, safe_load
-from strhub.models.state_dicts import sub_state_dict
+from strhub.models.state_dicts import merge_settings, sub_state_dict
 
 log = logging.getLogger(__name__)
 
@@ -61,9 +61,12 @@ def architecture(state_dict: Mapping[str, Tensor]) -> FrozenSet[Tuple[str, Tuple
 
 
 @functools.lru_cache(maxsize=None)
-def experiment_architecture(experiment: str) -> FrozenSet[Tuple[str, Tuple[int, ...]]]:
-    """The architecture of an experiment config's model (built on the meta device)."""
+def experiment_architecture(experiment: str) -> Optional[FrozenSet[Tuple[str, Tuple[int, ...]]]]:
+    """The architecture of an experiment config's model (built on the meta device); None for one with a
+    Hugging Face text tower, which needs its folder (and whose checkpoints are never plain state dicts)."""
     config = model_config(experiment)
+    if config.get("text_tower"):
+        return None
     config.update(without_weight_files(config))
     with torch.device("meta"):
         return architecture(experiment_family(experiment).build_model(config).state_dict())
@@ -100,7 +103,8 @@ def registered_settings(family: Family, state_dict: Mapping[str, Tensor], path: 
 def read_model_checkpoint(path: Path, overrides: Mapping[str, Any]) -> Tuple[Family, Dict[str, Tensor], Dict[str, Any]]:
     """The family, the model's state dict (floating tensors as float32) and its full config: settings
     come from the checkpoint's hyper-parameters where it has them, else from the configs; the
-    architecture is read off the tensors, and `overrides` win over both."""
+    architecture is read off the tensors (what they cannot tell, such as a Hugging Face text tower's pooler,
+    is kept), and `overrides` win over both."""
     state_dict, hparams = read_checkpoint(path)
     family, state_dict = identify(state_dict, path)
     check_keys(overrides, known_settings(family), f"setting for a {family.name} model")
@@ -110,7 +114,8 @@ def read_model_checkpoint(path: Path, overrides: Mapping[str, Any]) -> Tuple[Fam
         config.update(hparams)
     else:
         config.update(registered_settings(family, state_dict, path, overrides))
-    config.update(family.settings_from_state_dict(state_dict, overrides.get("img_size", config.get("img_size"))))
+    config = merge_settings(config, family.settings_from_state_dict(state_dict, overrides.get("img_size",
+                                                                                             config.get("img_size"))))
     config.update(overrides)
     num_classes = state_dict["head.weight" if "head.weight" in state_dict else "visual_decoder.head.weight"].shape[0]
     if len(config["charset_train"]) != num_classes - 1:
@@ -144,7 +149,7 @@ def assign_weights(model: nn.Module, state_dict: Mapping[str, Tensor], family: F
         raise InvalidCheckpointError(f"{path} does not fit the model it describes: {err}; "
                                      f"{_settings_hint(family)}") from err
     clip = getattr(model, "clip_model", None)
-    if clip is not None:  # open_clip's causal mask is an unsaved buffer
+    if isinstance(getattr(clip, "attn_mask", None), Tensor):  # open_clip's causal mask is an unsaved buffer
         clip.attn_mask = torch.full(clip.attn_mask.shape, float("-inf")).triu(1)
     model.to("cpu")
     return_freed_memory()

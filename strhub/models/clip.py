@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from open_clip.factory import get_model_config
 from open_clip.model import CLIP, CLIPTextCfg, CLIPVisionCfg
 from open_clip.tokenizer import SimpleTokenizer
-from open_clip.transformer import ResidualAttentionBlock
+from open_clip.transformer import QuickGELU, ResidualAttentionBlock
 from torch import Tensor, nn
 
 from strhub.models.recompute import maybe_checkpoint
@@ -30,9 +30,18 @@ QUICK_GELU_BAND_ROWS = 128  # 128 rows of a 3072-wide activation take 1.5 MiB: t
 ClipArch = Dict[str, Any]
 
 
+def is_hf_arch(arch: Union[str, ClipArch, None]) -> bool:
+    """Whether an architecture (an open_clip name, or a dict: see `arch_from_name`) has a Hugging Face text tower."""
+    if isinstance(arch, str):
+        return "hf_model_name" in (get_model_config(arch) or {}).get("text_cfg", {})
+    return isinstance(arch, Mapping) and "hf_proj_type" in arch.get("text_cfg", {})
+
+
 def arch_from_state_dict(state_dict: Mapping[str, Tensor],
                          image_size: Optional[Sequence[int]] = None) -> ClipArch:
-    """Reads a ViT CLIP architecture off the tensors of an OpenAI-layout state dict.
+    """Reads a ViT CLIP architecture off the tensors of a state dict: OpenAI's layout, or open_clip's
+    with a Hugging Face text tower (`text.transformer.*`), of which only the projection's type can be
+    read (the tower's own shapes are in its Hugging Face config).
 
     `image_size` (H, W) is needed only for non-square inputs: a square grid is assumed otherwise.
     """
@@ -44,19 +53,24 @@ def arch_from_state_dict(state_dict: Mapping[str, Tensor],
     if image_size is None or (image_size[0] // patch) * (image_size[1] // patch) != num_tokens:
         grid = round(math.sqrt(num_tokens))
         image_size = (patch * grid, patch * grid)
-    text_width = state_dict["ln_final.weight"].shape[0]
+    vision_cfg = {
+        "image_size": list(image_size),
+        "patch_size": patch,
+        "width": width,
+        "layers": count_blocks(state_dict, "visual.transformer.resblocks."),
+    }
+    if any(key.startswith("text.transformer.") for key in state_dict):
+        proj_types = {"text.proj.weight": "linear", "text.proj.0.weight": "mlp"}
+        proj_type = next((kind for key, kind in proj_types.items() if key in state_dict), None)
+        return {"embed_dim": state_dict["visual.proj"].shape[1], "vision_cfg": vision_cfg,
+                "text_cfg": {"hf_proj_type": proj_type}}
     return {
         "embed_dim": state_dict["text_projection"].shape[1],
-        "vision_cfg": {
-            "image_size": list(image_size),
-            "patch_size": patch,
-            "width": width,
-            "layers": count_blocks(state_dict, "visual.transformer.resblocks."),
-        },
+        "vision_cfg": vision_cfg,
         "text_cfg": {
             "context_length": state_dict["positional_embedding"].shape[0],
             "vocab_size": state_dict["token_embedding.weight"].shape[0],
-            "width": text_width,
+            "width": state_dict["ln_final.weight"].shape[0],
             "layers": count_blocks(state_dict, "transformer.resblocks."),
         },
     }
@@ -69,33 +83,56 @@ def clip_settings(state_dict: Mapping[str, Tensor], img_size: Optional[Sequence[
 
 
 def arch_from_name(name: str, image_size: Optional[Sequence[int]] = None) -> ClipArch:
-    """An open_clip architecture by name (e.g. `ViT-B-16`), reduced to the fields CLIP4STR uses."""
+    """An open_clip architecture by name (e.g. `ViT-B-16`), reduced to the fields CLIP4STR uses. With a
+    Hugging Face text tower (e.g. `xlm-roberta-base-ViT-B-32`) the text fields are its pooler and projection
+    types (the tower itself comes from `text_tower`), and the image tower keeps open_clip's activation
+    (`quick_gelu`) and `head_width` instead of CLIP4STR's QuickGELU and 64-wide heads."""
     config = get_model_config(name)
     if config is None or "width" not in config.get("vision_cfg", {}):
         raise ValueError(f"unknown open_clip ViT architecture {name!r}")
     vision, text = config["vision_cfg"], config["text_cfg"]
     size = image_size or vision["image_size"]
-    return {
+    arch = {
         "embed_dim": config["embed_dim"],
         "vision_cfg": {"image_size": list(size) if isinstance(size, Sequence) else [size, size],
                        "patch_size": vision["patch_size"], "width": vision["width"], "layers": vision["layers"]},
-        "text_cfg": {"context_length": text.get("context_length", 77), "vocab_size": text.get("vocab_size", 49408),
-                     "width": text["width"], "layers": text["layers"]},
     }
+    if "hf_model_name" in text:  # open_clip's image tower as pretrained: its activation and head width
+        defaults = CLIPTextCfg()
+        arch["vision_cfg"]["head_width"] = vision.get("head_width", HEAD_WIDTH)
+        return {**arch, "quick_gelu": bool(config.get("quick_gelu", False)),
+                "text_cfg": {"hf_pooler_type": text.get("hf_pooler_type", defaults.hf_pooler_type),
+                             "hf_proj_type": text.get("hf_proj_type", defaults.hf_proj_type)}}
+    return {**arch, "text_cfg": {"context_length": text.get("context_length", 77),
+                                 "vocab_size": text.get("vocab_size", 49408),
+                                 "width": text["width"], "layers": text["layers"]}}
 
 
 def build_clip(arch: Mapping[str, Any]) -> CLIP:
     """A randomly initialised open_clip CLIP with the original's modifications (QuickGELU, 64-wide heads)."""
-    vision = dict(arch["vision_cfg"])
+    if is_hf_arch(arch):
+        raise ValueError("this CLIP architecture has a Hugging Face text tower, which only CLIP4STR builds (with "
+                         "model.text_tower set)")
     text = dict(arch["text_cfg"])
-    size = vision.pop("image_size")
-    vision_cfg = CLIPVisionCfg(image_size=tuple(size) if isinstance(size, Sequence) else size,
-                               head_width=HEAD_WIDTH, **vision)
     text_cfg = CLIPTextCfg(heads=text["width"] // HEAD_WIDTH, **text)
-    model = CLIP(arch["embed_dim"], vision_cfg, text_cfg, quick_gelu=True)
-    for block in (*model.visual.transformer.resblocks, *model.transformer.resblocks):
-        block.__class__ = ClipBlock  # a subclass without state of its own: the same weights and names
+    model = CLIP(arch["embed_dim"], vision_config(arch), text_cfg, quick_gelu=True)
+    run_blocks_as_ours(model.visual.transformer, model.transformer)
     return model
+
+
+def run_blocks_as_ours(*transformers: nn.Module) -> None:
+    """Gives the open_clip transformers' blocks the class `ClipBlock` (a subclass without state of its own: the same
+    weights and names), whose forward is `residual_block`."""
+    for transformer in transformers:
+        for block in transformer.resblocks:
+            block.__class__ = ClipBlock
+
+
+def vision_config(arch: Mapping[str, Any]) -> CLIPVisionCfg:
+    """open_clip's config of the image tower of an architecture, with 64-wide heads unless it says otherwise."""
+    vision = {"head_width": HEAD_WIDTH, **arch["vision_cfg"]}
+    size = vision.pop("image_size")
+    return CLIPVisionCfg(image_size=tuple(size) if isinstance(size, Sequence) else size, **vision)
 
 
 def read_clip_state_dict(path: Union[str, Path]) -> Dict[str, Tensor]:
@@ -166,8 +203,12 @@ def build_on_clip(model_class: Callable[..., nn.Module], config: Mapping[str, An
     """`model_class(clip, **settings)` with the CLIP of `config` (see `create_clip`) and the other
     arguments of `model_class` taken from `config`."""
     clip_model, _ = create_clip(config.get("clip_pretrained"), config.get("clip_arch"), config.get("img_size"))
-    names = list(inspect.signature(model_class).parameters)[1:]
-    return model_class(clip_model, **{name: config[name] for name in names})
+    return model_class(clip_model, **arguments_from(model_class, config))
+
+
+def arguments_from(model_class: Callable[..., nn.Module], config: Mapping[str, Any]) -> Dict[str, Any]:
+    """The arguments of `model_class` after its first, taken from `config`."""
+    return {name: config[name] for name in list(inspect.signature(model_class).parameters)[1:]}
 
 
 class Prefixes(NamedTuple):
@@ -219,12 +260,13 @@ def attend(attn: nn.MultiheadAttention, qkv: Tensor, attn_mask: Optional[Tensor]
 
 
 def mlp(block: nn.Module, x: Tensor) -> Tensor:
-    """The block's MLP, whose activation is QuickGELU (CLIP4STR's CLIP always uses it). Out of
-    autograd the activation runs in place and, on a CPU, a band of rows at a time, so that each band
-    stays in cache: the same numbers, about 5 % less image-encoder time at batch 8 (not in an ONNX
-    export, whose graph would keep the bands of the example batch)."""
+    """The block's MLP. Its activation is QuickGELU in CLIP4STR's CLIP (only an open_clip image tower
+    beside a Hugging Face text tower may have GELU): out of autograd, QuickGELU runs in place and, on a
+    CPU, a band of rows at a time, so that each band stays in cache: the same numbers, about 5 % less
+    image-encoder time at batch 8 (not in an ONNX export, whose graph would keep the bands of the example
+    batch)."""
     hidden = block.mlp.c_fc(x)
-    if hidden.requires_grad or torch.onnx.is_in_onnx_export():
+    if hidden.requires_grad or torch.onnx.is_in_onnx_export() or not isinstance(block.mlp.gelu, QuickGELU):
         return block.mlp.c_proj(block.mlp.gelu(hidden))
     rows = hidden.view(-1, hidden.shape[-1])
     band_rows = QUICK_GELU_BAND_ROWS if rows.device.type == "cpu" else len(rows)
@@ -321,6 +363,12 @@ class CaptionTokenizer(SimpleTokenizer):
 
 def arch_to_config(arch: ClipArch) -> Dict[str, Any]:
     """A plain-data copy of an architecture, fit for hyper-parameters."""
-    return {"embed_dim": int(arch["embed_dim"]),
-            "vision_cfg": {k: (list(v) if isinstance(v, (tuple, list)) else int(v)) for k, v in arch["vision_cfg"].items()},
-            "text_cfg": {k: int(v) for k, v in arch["text_cfg"].items()}}
+    return {key: _plain(value) for key, value in arch.items()}
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, Mapping):
+        return {key: _plain(item) for key, item in value.items()}
+    if isinstance(value, (tuple, list)):
+        return [_plain(item) for item in value]
+    return value if value is None or isinstance(value, (bool, str)) else int(value)

@@ -3,37 +3,37 @@ that reads the image together with the CLIP text encoding of the visual branch's
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import torch
-from open_clip.model import CLIP
 from torch import Tensor, nn
 
-from strhub.models.clip import (CaptionTokenizer, build_on_clip, clip_settings, clip_token_grid, encode_image_tokens,
-                                encode_text_tokens)
+from strhub.models.clip import arguments_from, clip_settings, clip_token_grid, encode_image_tokens
 from strhub.models.decoder import Decoder, KeyValue, cloze_mask
 from strhub.models.recognizer import Recognizer
 from strhub.models.state_dicts import count_blocks, sub_state_dict
+from strhub.models.text_towers import TextTower, create_text_tower
 
 
 class CLIP4STR(Recognizer):
     """The model; attribute names follow the original's state-dict layout
-    (`clip_model.*`, `visual_decoder.*`, `cross_decoder.*`)."""
+    (`clip_model.*`, `visual_decoder.*`, `cross_decoder.*`). The CLIP model is that of `text_tower`, the
+    text tower of the cross branch (CLIP's own, or a Hugging Face one: `strhub.models.text_towers`)."""
 
-    def __init__(self, clip_model: CLIP, charset_train: str, charset_test: str, max_label_length: int,
-                 context_length: int, dec_num_heads: int, dec_mlp_ratio: int, dec_depth: int, dropout: float,
+    def __init__(self, text_tower: TextTower, charset_train: str, charset_test: str, max_label_length: int,
+                 dec_num_heads: int, dec_mlp_ratio: int, dec_depth: int, dropout: float,
                  decode_ar: bool, refine_iters: int, use_language_model: bool, image_detach: bool,
                  use_share_dim: bool, clip_cls_eot_feature: bool, cross_token_embeding: bool,
                  image_freeze_nlayer: int, text_freeze_nlayer: int) -> None:
         super().__init__(charset_train, charset_test, max_label_length, decode_ar, refine_iters)
-        self.caption_tokenizer = CaptionTokenizer(context_length)
-        self.context_length = context_length
+        self.text_tower = text_tower
+        self.context_length = text_tower.context_length
         self.use_language_model = use_language_model
         self.image_detach = image_detach
         self.use_share_dim = use_share_dim
         self.clip_cls_eot_feature = clip_cls_eot_feature
         self.cross_token_embeding = cross_token_embeding
 
-        self.clip_model = clip_model
+        self.clip_model = clip_model = text_tower.clip
         self.image_encoder = encode_image_tokens
-        embed_dim = clip_model.text_projection.shape[-1]
+        embed_dim = text_tower.embed_dim
         visual_dim = embed_dim if use_share_dim else clip_model.visual.proj.shape[0]
         decoder_args = dict(num_heads=dec_num_heads, mlp_ratio=dec_mlp_ratio, depth=dec_depth, dropout=dropout,
                             num_classes=len(self.tokenizer) - 2, charset_size=len(self.tokenizer),
@@ -41,7 +41,7 @@ class CLIP4STR(Recognizer):
         self.visual_decoder = Decoder(visual_dim, **decoder_args)
         self.cross_decoder = Decoder(embed_dim, **decoder_args) if use_language_model else None
         self.image_frozen_blocks, self.image_frozen = self._freeze_image_tower(image_freeze_nlayer)
-        self.text_frozen_blocks, self.text_frozen = self._freeze_text_tower(text_freeze_nlayer)
+        self.text_frozen_modules, self.text_frozen = text_tower.freeze(text_freeze_nlayer)
 
     def _freeze_image_tower(self, num_blocks: int) -> Tuple[int, bool]:
         """Freezes the vision blocks below `num_blocks` with the class and positional embeddings;
@@ -60,22 +60,10 @@ class CLIP4STR(Recognizer):
             block.requires_grad_(False)
         return num_blocks, False
 
-    def _freeze_text_tower(self, num_blocks: int) -> Tuple[int, bool]:
-        """Freezes the token and positional embeddings, `logit_scale` and the text blocks below
-        `num_blocks`; `ln_final` and the projection keep training unless every block is frozen."""
-        clip = self.clip_model
-        depth = len(clip.transformer.resblocks)
-        if num_blocks < 0:
-            return 0, False
-        for param in (clip.token_embedding.weight, clip.positional_embedding, clip.logit_scale):
-            param.requires_grad_(False)
-        for block in clip.transformer.resblocks[:num_blocks]:
-            block.requires_grad_(False)
-        if num_blocks >= depth:
-            clip.ln_final.requires_grad_(False)
-            clip.text_projection.requires_grad_(False)
-            return depth, True
-        return num_blocks, False
+    @property
+    def caption_tokenizer(self) -> Any:
+        """The text tower's caption tokenizer (CLIP's BPE `CaptionTokenizer`, or a `tokenizers.Tokenizer`)."""
+        return self.text_tower.caption_tokenizer
 
     @property
     def image_size(self) -> Tuple[int, int]:
@@ -100,14 +88,14 @@ class CLIP4STR(Recognizer):
         self.image_encoder = torch.compile(encode_image_tokens, **options)
 
     def few_row_modules(self) -> Sequence[nn.Module]:
-        return [module for module in (self.clip_model.transformer, self.visual_decoder, self.cross_decoder)
+        return [module for module in (self.text_tower.module, self.visual_decoder, self.cross_decoder)
                 if module is not None]
 
     def decoders(self) -> List[Decoder]:
         return [decoder for decoder in (self.visual_decoder, self.cross_decoder) if decoder is not None]
 
     def blocks(self) -> List[nn.Module]:
-        return [*self.clip_model.visual.transformer.resblocks, *self.clip_model.transformer.resblocks]
+        return [*self.clip_model.visual.transformer.resblocks, *self.text_tower.blocks]
 
     def set_grad_checkpointing(self, encoder: bool = True, decoder: bool = False) -> None:
         """Both CLIP towers' blocks (open_clip's `set_grad_checkpointing`, which our towers honour) and the two
@@ -122,10 +110,8 @@ class CLIP4STR(Recognizer):
         if mode:
             for block in self.clip_model.visual.transformer.resblocks[:self.image_frozen_blocks]:
                 block.eval()
-            for block in self.clip_model.transformer.resblocks[:self.text_frozen_blocks]:
-                block.eval()
-            if self.text_frozen:
-                self.clip_model.ln_final.eval()
+            for module in self.text_frozen_modules:
+                module.eval()
         return self
 
     def encode(self, images: Tensor) -> Tensor:
@@ -146,7 +132,12 @@ class CLIP4STR(Recognizer):
         """For each tensor of visual logits (N, L, C), the cross decoder's keys and values of the text
         part of its memory: the CLIP encoding of the captions read off the logits. The captions of
         all the tensors are encoded together."""
-        text_kv = self.cross_decoder.memory_kv(self.encode_caption_ids(self.caption_ids(visual_logits)))
+        if visual_logits[0].is_meta:
+            features = self.encode_caption_ids(self.planning_caption_ids(visual_logits))
+        else:
+            captions = [caption for logits in visual_logits for caption in self.captions(logits)]
+            features = self.encode_captions(captions, visual_logits[0].device)
+        text_kv = self.cross_decoder.memory_kv(features)
         sizes = [len(logits) for logits in visual_logits]
         parts = [list(zip(key.split(sizes), value.split(sizes))) for key, value in text_kv]
         return [[layer[i] for layer in parts] for i in range(len(sizes))]
@@ -155,29 +146,27 @@ class CLIP4STR(Recognizer):
         """The captions read off visual logits (N, L, C), as the original reads them."""
         return self.tokenizer.decode_fast(visual_logits.detach().softmax(-1), self.charset_adapter)[0]
 
-    def caption_ids(self, visual_logits: List[Tensor]) -> Tensor:
-        """The CLIP token ids, on the host, of the captions read off each sample's visual logits (N, L, C).
-        Logits without values (the meta device, on which training memory is planned) give captions that
-        fill the context and share no prefix: the most memory the text encoder can take."""
-        if visual_logits[0].is_meta:
-            count = sum(len(logits) for logits in visual_logits)
-            token_ids = torch.arange(1, count + 1).unsqueeze(1).expand(-1, self.context_length).clone()
-            token_ids[:, 0], token_ids[:, -1] = self.caption_tokenizer.sot_token_id, self.caption_tokenizer.eot_token_id
-            return token_ids
-        captions = [caption for logits in visual_logits for caption in self.captions(logits)]
-        return self.caption_tokenizer(captions, self.context_length)
+    def planning_caption_ids(self, visual_logits: List[Tensor]) -> Tensor:
+        """For logits without values (the meta device, on which training memory is planned): CLIP token ids, on the
+        host, of captions that fill the context and share no prefix, the most memory the text encoder can take."""
+        count = sum(len(logits) for logits in visual_logits)
+        token_ids = torch.arange(1, count + 1).unsqueeze(1).expand(-1, self.context_length).clone()
+        token_ids[:, 0], token_ids[:, -1] = self.caption_tokenizer.sot_token_id, self.caption_tokenizer.eot_token_id
+        return token_ids
+
+    def encode_captions(self, captions: List[str], device: torch.device) -> Tensor:
+        """Text features of the captions: those of every token position (N, context_length, D), the tower's
+        pooled one alone (N, 1, D) if so configured, or the raw token embeddings."""
+        return self.encode_caption_ids(self.text_tower.tokenize(captions, device))
 
     def encode_caption_ids(self, token_ids: Tensor) -> Tensor:
-        """CLIP text features (N, context_length, D) of captions as CLIP token ids (N, context_length), on the host
-        (best: the text encoder groups them there) or on CLIP's device."""
-        device = self.clip_model.token_embedding.weight.device
+        """Text features (see `encode_captions`) of captions as the text tower's token ids (N, context_length)."""
         with torch.set_grad_enabled(torch.is_grad_enabled() and not self.text_frozen):
             if self.cross_token_embeding:
-                return self.clip_model.token_embedding(token_ids.to(device))
-            features = encode_text_tokens(self.clip_model, token_ids)
-        if self.clip_cls_eot_feature:
-            features = features[torch.arange(features.shape[0]), token_ids.argmax(-1).to(device)].unsqueeze(1)
-        return features
+                return self.text_tower.token_embeddings(token_ids)
+            if self.clip_cls_eot_feature:
+                return self.text_tower.pooled_features(token_ids)
+            return self.text_tower.token_features(token_ids)
 
     @staticmethod
     def join_kv(image_kv: List[KeyValue], text_kv: List[KeyValue]) -> List[KeyValue]:
@@ -214,8 +203,11 @@ class CLIP4STR(Recognizer):
 
 def build_model(config: Mapping[str, Any]) -> CLIP4STR:
     """CLIP4STR from a model config (`configs/model/*.yaml` or a checkpoint's hyper-parameters), with
-    the CLIP weights that `clip_pretrained` names, or random ones built from `clip_arch`."""
-    return build_on_clip(CLIP4STR, config)
+    the CLIP weights that `clip_pretrained` names, or random ones built from `clip_arch`, and the text tower
+    of `text_tower`."""
+    text_tower, _ = create_text_tower(config.get("clip_pretrained"), config.get("clip_arch"), config.get("img_size"),
+                                      config.get("text_tower"), config["context_length"])
+    return CLIP4STR(text_tower, **arguments_from(CLIP4STR, config))
 
 
 def settings_from_state_dict(state_dict: Mapping[str, Tensor], img_size: Optional[Sequence[int]]) -> Dict[str, Any]:
@@ -229,5 +221,5 @@ def settings_from_state_dict(state_dict: Mapping[str, Tensor], img_size: Optiona
         "dec_depth": count_blocks(decoder, "layers."),
         "dec_mlp_ratio": decoder["layers.0.linear1.weight"].shape[0] // width,
         "use_language_model": "cross_decoder.head.weight" in state_dict,
-        "use_share_dim": width == state_dict["clip_model.text_projection"].shape[1],
+        "use_share_dim": width == state_dict["clip_model.visual.proj"].shape[1],
     }

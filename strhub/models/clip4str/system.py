@@ -5,15 +5,18 @@ import torch
 from torch import Tensor
 
 from strhub.models.base import Branches, PLMSystem, split_decay
-from strhub.models.clip import arch_to_config, create_clip
+from strhub.models.clip import arch_to_config
 from strhub.models.clip4str.model import CLIP4STR
 from strhub.models.decoder import cloze_mask
+from strhub.models.text_towers import create_text_tower
 
 
 class CLIP4STRSystem(PLMSystem):
     """CLIP4STR training and evaluation. The CLIP backbone comes from `clip_pretrained` (a local
     OpenAI `.pt` or OpenCLIP `.bin` file) or, when that is None, is built with random weights from
-    `clip_arch` (an open_clip architecture name, or a dict with `embed_dim`, `vision_cfg`, `text_cfg`)."""
+    `clip_arch` (an open_clip architecture name, or a dict with `embed_dim`, `vision_cfg`, `text_cfg`).
+    `text_tower` (None: CLIP's own) names a Hugging Face text tower (`strhub.models.hf_tower`); the
+    hyper-parameters keep what rebuilds it without its folder."""
 
     def __init__(self, charset_train: str, charset_test: str, max_label_length: int, batch_size: int, lr: float,
                  warmup_pct: float, weight_decay: float, img_size: Sequence[int], dec_num_heads: int,
@@ -23,14 +26,16 @@ class CLIP4STRSystem(PLMSystem):
                  image_detach: bool, cross_gt_context: bool, cross_cloze_mask: bool, cross_loss_w: float,
                  cross_token_embeding: bool, image_freeze_nlayer: int, text_freeze_nlayer: int,
                  use_share_dim: bool, clip_cls_eot_feature: bool, coef_lr: float, coef_wd: float,
-                 find_unused_parameters: bool = True, compile_encoder: bool = False, grad_checkpointing: bool = False,
+                 find_unused_parameters: bool = True, compile_encoder: bool = False,
+                 text_tower: Optional[Dict[str, Any]] = None, grad_checkpointing: bool = False,
                  grad_checkpointing_decoder: bool = False, compile_train_step: bool = False, **kwargs: Any) -> None:
         super().__init__(charset_train, charset_test, batch_size, lr, warmup_pct, weight_decay, perm_num,
                          perm_forward, perm_mirrored)
-        clip_model, arch = create_clip(clip_pretrained, clip_arch, img_size)
+        tower, arch = create_text_tower(clip_pretrained, clip_arch, img_size, text_tower, context_length)
         self.save_hyperparameters()
         self.hparams["clip_arch"] = arch_to_config(arch)
-        self.model = CLIP4STR(clip_model, charset_train, charset_test, max_label_length, context_length,
+        self.hparams["text_tower"] = tower.settings()
+        self.model = CLIP4STR(tower, charset_train, charset_test, max_label_length,
                               dec_num_heads, dec_mlp_ratio, dec_depth, dropout, decode_ar, refine_iters,
                               use_language_model, image_detach, use_share_dim, clip_cls_eot_feature,
                               cross_token_embeding, image_freeze_nlayer, text_freeze_nlayer)
