@@ -7,8 +7,9 @@
 
 Folders are searched recursively for .png, .jpg and .jpeg files, printed relative to the folder, in name order;
 files and glob matches are printed as given. The text is the model's raw prediction over its training charset
-(case and punctuation kept). A file that cannot be read gets an error line on stderr (exit status 1), and the
-others are still read. Extra arguments `name:type=value` override the model's hyper-parameters.
+(case and punctuation kept); an empty prediction prints as `file: (empty)` (`--json` keeps the raw, empty text).
+A file that cannot be read gets an error line on stderr (exit status 1), and the others are still read. Extra
+arguments `name:type=value` override the model's hyper-parameters (a name the model does not take is refused).
 """
 import argparse
 import json
@@ -23,9 +24,11 @@ from tqdm import tqdm
 
 from strhub.cli import autocast_context, default_device, list_images, parse_model_args, reuse_freed_memory
 from strhub.data.transforms import get_transform
+from strhub.keys import ConfigError
 from strhub.models.checkpoint import InvalidCheckpointError, best_checkpoint, load_model
 
 MODEL_ARG = re.compile(r"^\w+:\w+=")
+EMPTY = "(empty)"  # how an empty prediction is printed
 
 
 def read_batch(model: torch.nn.Module, transform: Callable, batch: List[Tuple[str, Path]], device: torch.device,
@@ -85,11 +88,12 @@ def main() -> None:
     inputs = args.images + args.images_path
     if not inputs:
         parser.error("give image files, folders or globs (or --images_path DIR)")
-    device = default_device(args.device)
     reuse_freed_memory()
     try:
+        device = default_device(args.device)
         kwargs = parse_model_args([a for a in argv if MODEL_ARG.match(a)])
-    except ValueError as err:
+    # no such device, malformed overrides
+    except ConfigError as err:
         parser.error(str(err))
     if args.backend == "onnx":
         model, device = onnx_reader(parser, args, kwargs), torch.device("cpu")  # ONNX Runtime takes host arrays
@@ -97,7 +101,8 @@ def main() -> None:
         try:
             checkpoint = best_checkpoint(args.checkpoint) if args.checkpoint.is_dir() else args.checkpoint
             model = load_model(checkpoint, **kwargs).eval().to(device)
-        except (FileNotFoundError, InvalidCheckpointError) as err:
+        # unknown overrides, a missing or unfit checkpoint
+        except (ConfigError, FileNotFoundError, InvalidCheckpointError) as err:
             parser.error(str(err))
     transform = model.transform if args.backend == "onnx" else get_transform(model.image_size)
     items = list(list_images(inputs))
@@ -112,7 +117,7 @@ def main() -> None:
                 tqdm.write(f"{record['file']}: error: {record['error']}", file=sys.stderr)
             elif not args.json:
                 suffix = f" ({record['confidence']:.4f})" if args.confidence else ""
-                tqdm.write(f"{record['file']}: {record['text']}{suffix}", file=sys.stdout)
+                tqdm.write(f"{record['file']}: {record['text'] or EMPTY}{suffix}", file=sys.stdout)
         records += batch
         progress.update(len(batch))
     progress.close()

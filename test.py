@@ -7,15 +7,17 @@
 A run folder instead of a file picks its best checkpoint by validation accuracy. The tables are test groups
 (configs/test_groups/*.yaml): the protocol's, then New with --new, then the groups asked for; missing test sets
 are named in a warning and skipped. Extra arguments of the form `name:type=value` (type int, float, str, bool, or
-list for a list of integers such as `block_ids:list=[1,3,5]`) override the model's hyper-parameters.
+list for a list of integers such as `block_ids:list=[1,3,5]`) override the model's hyper-parameters; a name the
+model does not take is refused with the closest ones it does.
 """
 import argparse
 import logging
 from pathlib import Path
 
 from strhub.benchmarks import DEFAULT_PROTOCOL, GroupError
-from strhub.cli import parse_model_args, reuse_freed_memory
+from strhub.cli import parse_model_args, reuse_freed_memory, worker_count
 from strhub.evaluate import evaluate_checkpoint
+from strhub.keys import ConfigError
 from strhub.models.checkpoint import InvalidCheckpointError
 
 
@@ -24,7 +26,8 @@ def main() -> None:
     parser.add_argument("checkpoint", type=Path, help="checkpoint file, or a run folder (its best checkpoint)")
     parser.add_argument("--data_root", type=Path, default=Path("data"), help="folder holding test/<benchmark>")
     parser.add_argument("--batch_size", type=int, default=512)
-    parser.add_argument("--num_workers", type=int, default=4)
+    parser.add_argument("--num_workers", type=int, default=worker_count(4),
+                        help="data-loading processes (default: 4, or the usable CPUs if fewer: %(default)s here)")
     parser.add_argument("--cased", action="store_true", help="compare case (adds upper case to the test charset)")
     parser.add_argument("--punctuation", action="store_true", help="compare punctuation (adds it to the charset)")
     parser.add_argument("--new", action="store_true", help="also evaluate the new benchmarks (ArT, COCOv1.4, Uber)")
@@ -58,8 +61,8 @@ def main() -> None:
     reuse_freed_memory()
     try:
         evaluate_checkpoint(**options, model_kwargs=kwargs)
-    # a missing or unfit checkpoint, a missing data root, unusable test groups
-    except (FileNotFoundError, InvalidCheckpointError, GroupError) as err:
+    # a missing or unfit checkpoint, a missing data root, unusable test groups, unknown overrides, no such device
+    except (FileNotFoundError, InvalidCheckpointError, GroupError, ConfigError) as err:
         parser.error(str(err))
 
 

@@ -12,26 +12,29 @@ ckpt_path=<run>/checkpoints/last.ckpt.
 import functools
 import itertools
 import logging
+import shutil
 import sys
 import time
 from pathlib import Path
-from typing import Any, Mapping, Optional, Union
+from typing import Any, Dict, Mapping, Optional, Set, Tuple, Union
 
 import hydra
 import pytorch_lightning as pl
 import torch
 from hydra.core.hydra_config import HydraConfig
-from hydra.utils import get_class, instantiate, to_absolute_path
+from hydra.utils import instantiate, to_absolute_path
 from omegaconf import DictConfig, OmegaConf, open_dict
-from pytorch_lightning.callbacks import Callback, LearningRateMonitor, ModelCheckpoint, ModelSummary
+from pytorch_lightning.callbacks import Callback, LearningRateMonitor, ModelCheckpoint, ModelSummary, Timer
 from pytorch_lightning.loggers import CSVLogger, TensorBoardLogger
 from pytorch_lightning.strategies import Strategy
 from pytorch_lightning.utilities import rank_zero_only
 
 from strhub.callbacks import (AtomicCheckpointIO, LatestCheckpoint, NonFiniteGuard, ScheduleGuard, TrainingError,
                               check_resume_checkpoint, remove_partial_files)
-from strhub.cli import ConfigError, check_arguments, register_resolvers, reuse_freed_memory, world_size
+from strhub.cli import (check_command_line, check_sections, random_clip_notice, register_resolvers,
+                        reuse_freed_memory, world_size)
 from strhub.evaluate import evaluate_checkpoint
+from strhub.keys import ConfigError
 from strhub.memory import training_plan_line
 from strhub.models.registry import without_weight_files
 from strhub.models.safe_load import InvalidCheckpointError
@@ -73,6 +76,49 @@ register_resolvers()
 OmegaConf.register_new_resolver("run_folder", run_folder)
 
 
+class StartCleanup(Callback):
+    """Leaves nothing of a start that fails before its first training step: a folder the start created is removed,
+    with the empty folders above it up to the working directory (`outputs/<model>`), and of what it wrote in a
+    folder that was there before (a resumed run's, a given `hydra.run.dir`) only `train.log`, which holds the
+    error, stays. Only rank 0 watches folders: it is the one that makes them."""
+
+    def __init__(self) -> None:
+        self.before: Dict[Path, Optional[Set[Path]]] = {}  # folder: what it held before the start, None if new
+        self.trained = False
+
+    def watch(self, folder: Path) -> None:
+        if rank_zero_only.rank != 0 or folder in self.before:
+            return
+        held = set(folder.rglob("*")) if folder.is_dir() else set()
+        log_file = folder / "train.log"
+        new = held <= {log_file} and (not log_file.exists() or log_file.stat().st_size == 0)
+        self.before[folder] = None if new else held
+
+    def on_train_batch_end(self, *args: Any) -> None:
+        self.trained = True
+
+    def clean(self) -> None:
+        if self.trained:
+            return
+        cwd = Path.cwd()
+        for folder, before in self.before.items():
+            if before is None:
+                shutil.rmtree(folder, ignore_errors=True)
+                for parent in folder.parents:
+                    if parent == cwd or not parent.is_relative_to(cwd) or any(parent.iterdir()):
+                        break
+                    parent.rmdir()
+                log.info("Removed %s: the start failed before its first training step", folder)
+                continue
+            for path in sorted(set(folder.rglob("*")) - before, reverse=True):  # a folder's files before it
+                if path == folder / "train.log":
+                    continue
+                if path.is_dir():
+                    shutil.rmtree(path, ignore_errors=True)
+                else:
+                    path.unlink(missing_ok=True)
+
+
 def scale_steps(trainer: DictConfig, processes: int) -> None:
     """Divides the step-based settings by the number of processes, as the original does by its GPUs."""
     if isinstance(trainer.val_check_interval, int):
@@ -92,13 +138,27 @@ def build_model(config: DictConfig) -> pl.LightningModule:
     return model
 
 
+def stop_reason(trainer: pl.Trainer) -> str:
+    """Why `trainer.fit` ended, in terms of the setting that ended it."""
+    if 0 < trainer.max_steps <= trainer.global_step:
+        return f"trainer.max_steps={trainer.max_steps} reached"
+    timer = next((callback for callback in trainer.callbacks if isinstance(callback, Timer)), None)
+    if timer is not None and timer.time_remaining() <= 0:
+        return f"trainer.max_time reached after {timer.time_elapsed():.0f} s"
+    if trainer.max_epochs is not None and 0 <= trainer.max_epochs <= trainer.current_epoch:
+        return f"trainer.max_epochs={trainer.max_epochs} reached"
+    return "stopped before its limits"
+
+
 class ProgressLog(Callback):
-    """Logs one line per validation: the mean training loss since the previous one and the validation metrics,
-    so that plain logs (train.log, CI output) show how training goes."""
+    """Logs one line per validation, the mean training loss since the previous one and the validation metrics, and
+    one when training ends: the step reached, what ended it there and the latest mean loss. Plain logs (train.log,
+    CI output) then show how training went."""
 
     def __init__(self) -> None:
         self.loss_sum: Optional[torch.Tensor] = None
         self.batches = 0
+        self.latest: Optional[Tuple[float, int]] = None  # the latest mean loss, and of how many batches
 
     def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any,
                            batch_idx: int) -> None:
@@ -110,12 +170,30 @@ class ProgressLog(Callback):
     def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if trainer.sanity_checking or not trainer.is_global_zero:
             return
-        shown = [f"loss {float(self.loss_sum) / self.batches:.4f}"] if self.batches else []
+        mean = self.close_interval()
+        shown = [f"loss {mean:.4f}"] if mean is not None else []
         metrics = trainer.callback_metrics
         shown += [f"{name} {float(metrics[name]):.4f}" for name in ("val_loss", "val_accuracy", "val_NED")
                   if name in metrics]
         log.info("step %d: %s", trainer.global_step, ", ".join(shown))
+
+    def close_interval(self) -> Optional[float]:
+        """The mean training loss of the batches since the previous call (None without any), kept as the latest."""
+        if not self.batches:
+            return None
+        self.latest = (float(self.loss_sum) / self.batches, self.batches)
         self.loss_sum, self.batches = None, 0
+        return self.latest[0]
+
+    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if not trainer.is_global_zero:
+            return
+        self.close_interval()
+        planned = f" of {trainer.max_steps}" if trainer.max_steps > 0 else ""
+        loss = ""
+        if self.latest is not None:
+            loss = f"; training loss {self.latest[0]:.4f} (mean of the last {self.latest[1]} batches)"
+        log.info("Training ended at step %d%s: %s%s", trainer.global_step, planned, stop_reason(trainer), loss)
 
 
 @rank_zero_only
@@ -150,16 +228,27 @@ def log_to(path: Path) -> None:
         root.addHandler(moved)
 
 
+EXPECTED_ERRORS = (TrainingError, InvalidCheckpointError, ConfigError, FileNotFoundError)
+
+
 @hydra.main(config_path="configs", config_name="main", version_base="1.3")
 def main(config: DictConfig) -> None:
+    cleanup = StartCleanup()
+    cleanup.watch(Path(HydraConfig.get().runtime.output_dir))
     try:
-        train(config)
-    except (TrainingError, InvalidCheckpointError, ConfigError, FileNotFoundError) as err:
+        train(config, cleanup)
+    except Exception as err:
         log.error("%s: %s", type(err).__name__, err)
-        sys.exit(1)
+        cleanup.clean()
+        if isinstance(err, EXPECTED_ERRORS):
+            sys.exit(1)
+        raise
+    except BaseException:  # interrupted
+        cleanup.clean()
+        raise
 
 
-def train(config: DictConfig) -> None:
+def train(config: DictConfig, cleanup: StartCleanup) -> None:
     processes = world_size(config.trainer)
     check_strategy(config.trainer.strategy, config.trainer.accelerator)
     reuse_freed_memory()
@@ -173,10 +262,12 @@ def train(config: DictConfig) -> None:
     if config.seed is not None:
         pl.seed_everything(config.seed, workers=True)
 
-    model_class = get_class(config.model._target_)
-    for warning in check_arguments("model", OmegaConf.to_container(config.model, resolve=True), model_class,
-                                   ignore=("name",)):
-        log.warning(warning)
+    resolved = OmegaConf.to_container(config, resolve=True)
+    check_sections(resolved)
+    starts_fresh = config.pretrained is None and config.ckpt_path is None
+    notice = random_clip_notice(resolved["model"]) if starts_fresh else None
+    if notice is not None:
+        log.log(*notice)
     if config.ckpt_path is not None:
         check_resume_checkpoint(Path(config.ckpt_path))
     hydra_dir = Path(HydraConfig.get().runtime.output_dir)
@@ -185,6 +276,7 @@ def train(config: DictConfig) -> None:
     if resumed is None:
         claim_run_folder(run_dir)
     elif run_dir != hydra_dir:
+        cleanup.watch(run_dir)
         log_to(run_dir / "train.log")
     if rank_zero_only.rank == 0:
         for path in remove_partial_files(run_dir / "checkpoints"):
@@ -200,7 +292,7 @@ def train(config: DictConfig) -> None:
                            filename="{epoch}-{step}-{val_accuracy:.4f}-{val_NED:.4f}", save_on_train_epoch_end=False)
     latest = LatestCheckpoint(run_dir / "checkpoints", config.last_ckpt_every_n_steps)
     callbacks = [best, latest, NonFiniteGuard(config.max_nonfinite_steps), ScheduleGuard(),
-                 LearningRateMonitor(logging_interval="step"), ModelSummary(max_depth=2), ProgressLog()]
+                 LearningRateMonitor(logging_interval="step"), ModelSummary(max_depth=2), ProgressLog(), cleanup]
     csv_logger = CSVLogger(run_dir, name="csv")
     loggers = [TensorBoardLogger(run_dir, name="", version=""), csv_logger]
     save_config(config, run_dir, csv_logger.version)
@@ -221,4 +313,5 @@ def train(config: DictConfig) -> None:
 
 
 if __name__ == "__main__":
+    check_command_line("main")
     main()

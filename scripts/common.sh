@@ -12,7 +12,8 @@ use_device() {
 
 # inference_args MIN_ARGS SCRIPT ARGS...: prints the script's usage and exits when fewer than MIN_ARGS arguments are
 # given; otherwise sets $device from the first argument and $checkpoint from the second (a path, or a name under
-# $OUTPUTS, default outputs). The caller then drops both with `shift 2`.
+# $OUTPUTS, default outputs; neither: an error naming the checkpoint as typed). The caller then drops both with
+# `shift 2`.
 inference_args() {
     local min_args=$1 script=$2
     shift 2
@@ -22,7 +23,14 @@ inference_args() {
     fi
     use_device "$1"
     checkpoint=$2
-    [[ -e $checkpoint ]] || checkpoint="${OUTPUTS:-outputs}/$checkpoint"
+    if [[ ! -e $checkpoint ]]; then
+        checkpoint="${OUTPUTS:-outputs}/$2"
+        if [[ ! -e $checkpoint ]]; then
+            echo "$(basename "$script"): error: checkpoint not found: $2 (neither a path from here nor a name under" \
+                "OUTPUTS=${OUTPUTS:-outputs})" >&2
+            exit 2
+        fi
+    fi
 }
 
 # batch_rule: NODES x GPUS x ACCUM x BATCH = 1024, the effective batch of the paper (the learning rate is scaled

@@ -1,28 +1,51 @@
 """Helpers shared by the entry points: train.py, test.py, read.py and the benchmarks."""
-import collections.abc
 import contextlib
 import ctypes
-import difflib
 import glob
-import inspect
-import typing
+import itertools
+import logging
+import os
+import sys
 from pathlib import Path
-from typing import Any, Callable, Dict, Iterable, Iterator, List, Mapping, Optional, Tuple, Union
+from typing import Any, Dict, Iterable, Iterator, List, Mapping, Optional, Sequence, Tuple, Union
 
 import torch
-from hydra.utils import to_absolute_path
-from omegaconf import OmegaConf
+from hydra import compose, initialize_config_dir
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.errors import ConfigCompositionException, HydraException
+from hydra.utils import get_class, to_absolute_path
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBaseException
 
+from strhub.configs import CONFIG_DIR
 from strhub.data.utils import load_charset
+from strhub.keys import ConfigError, check_keys, parameters, unknown_keys
+
+
+def usable_cpus() -> int:
+    """The CPUs this process may run on (its affinity mask where the system has one), at least 1."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # no sched_getaffinity (macOS, Windows)
+        return os.cpu_count() or 1
+
+
+def worker_count(at_most: int) -> int:
+    """Data-loading worker processes: `at_most`, and no more than the usable CPUs (more would only compete with
+    the main process, and PyTorch warns about them)."""
+    return max(0, min(at_most, usable_cpus()))
+
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 
 
 def register_resolvers() -> None:
-    """Lets configs write `${load_charset:PATH}`: the charset in a file (one character per line), with a relative
-    PATH taken from the directory the command was started in."""
+    """Lets configs write `${load_charset:PATH}`, the charset in a file (one character per line, a relative PATH
+    taken from the directory the command was started in), and `${workers:N}`, `worker_count(N)`."""
     if not OmegaConf.has_resolver("load_charset"):
         OmegaConf.register_new_resolver("load_charset", lambda path: load_charset(to_absolute_path(path)))
+    if not OmegaConf.has_resolver("workers"):
+        OmegaConf.register_new_resolver("workers", lambda at_most: worker_count(int(at_most)))
 
 
 def world_size(trainer: Mapping[str, Any]) -> int:
@@ -31,7 +54,7 @@ def world_size(trainer: Mapping[str, Any]) -> int:
     if devices in ("auto", -1, "-1"):
         uses_gpu = trainer.get("accelerator", "auto") in ("auto", "gpu", "cuda") and torch.cuda.is_available()
         per_node = torch.cuda.device_count() if uses_gpu else 1
-    elif isinstance(devices, collections.abc.Sequence) and not isinstance(devices, str):
+    elif isinstance(devices, Sequence) and not isinstance(devices, str):
         per_node = len(devices)
     elif isinstance(devices, str) and "," in devices:
         per_node = len([d for d in devices.split(",") if d.strip()])
@@ -41,8 +64,18 @@ def world_size(trainer: Mapping[str, Any]) -> int:
 
 
 def default_device(device: Optional[str] = None) -> torch.device:
-    """`device`, or else the GPU when there is one, or else the CPU."""
-    return torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    """`device`, or else the GPU when there is one, or else the CPU. A device torch cannot name, or a CUDA device
+    where torch sees no such GPU, is a ConfigError of one line."""
+    try:
+        chosen = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    except RuntimeError as err:
+        raise ConfigError(f"device {device!r} is not a torch device: {err}") from None
+    if chosen.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"device {device!r}: torch sees no CUDA GPU on this machine (torch.cuda.is_available() is "
+                          f"False); use the cpu device")
+    if chosen.type == "cuda" and (chosen.index or 0) >= torch.cuda.device_count():
+        raise ConfigError(f"device {device!r}: torch sees {torch.cuda.device_count()} CUDA GPU(s) here")
+    return chosen
 
 
 M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3  # glibc's mallopt parameters
@@ -87,7 +120,7 @@ def _int_list(value: str) -> List[int]:
 
 def parse_model_args(args: Iterable[str]) -> Dict[str, Any]:
     """Model overrides written as `name:type=value` (type: int, float, str, bool, or list of ints written
-    `[1,3,5]`, such as `block_ids:list=[1,3,5]`)."""
+    `[1,3,5]`, such as `block_ids:list=[1,3,5]`); ConfigError for another form."""
     casts = {"int": int, "float": float, "str": str, "bool": lambda v: v.lower() == "true", "list": _int_list}
     kwargs = {}
     for arg in args:
@@ -96,52 +129,131 @@ def parse_model_args(args: Iterable[str]) -> Dict[str, Any]:
             name, type_name = name.split(":")
             kwargs[name] = casts[type_name](value)
         except (ValueError, KeyError):
-            raise ValueError(f"model override {arg!r} is not of the form name:type=value "
-                             f"with type in {sorted(casts)}") from None
+            raise ConfigError(f"model override {arg!r} is not of the form name:type=value "
+                              f"with type in {sorted(casts)}") from None
     return kwargs
 
 
-class ConfigError(ValueError):
-    """A configuration value that cannot be used; the message names its key."""
+def random_clip_notice(model: Mapping[str, Any]) -> Optional[Tuple[int, str]]:
+    """The log level and line that announce a CLIP with random weights: for the model config of a CLIP family
+    with `clip_pretrained: null`, else None. A named architecture (ViT-B-16, ...) has released weights, so
+    starting it from random ones is a WARNING that says how to give them; a shape of one's own (the `tiny` and
+    `*-mini` experiments) has none, so a plain note says it is meant."""
+    if "clip_pretrained" not in model or model["clip_pretrained"] is not None:
+        return None
+    arch = model.get("clip_arch")
+    if isinstance(arch, str):
+        return logging.WARNING, (
+            f"model.clip_pretrained is null: the {arch} CLIP of {model.get('name')} starts from RANDOM weights, so "
+            f"it trains without the pre-training CLIP4STR is built on and will read little. Give CLIP weights with "
+            f"model.clip_pretrained=FILE (an OpenAI .pt or OpenCLIP .bin of {arch}), or use an experiment that "
+            f"names them, e.g. +experiment=vl4str with ViT-B-16.pt in $CLIP_DIR (default pretrained/clip; see the "
+            f"README, Data)")
+    return logging.INFO, (
+        f"Note: {model.get('name')} has a CLIP of its own shape (clip_arch) and clip_pretrained null, so its CLIP "
+        f"starts from random weights, as the small experiments mean it to; no released CLIP has this shape")
 
 
-def _fits(value: Any, annotation: Any) -> bool:
-    """Whether `value` (plain config data) fits a parameter annotation; annotations it cannot judge fit anything."""
-    origin, args = typing.get_origin(annotation), typing.get_args(annotation)
-    if origin is Union:
-        return any(_fits(value, arg) for arg in args)
-    if annotation is type(None):
-        return value is None
-    if annotation is float:
-        return isinstance(value, (int, float)) and not isinstance(value, bool)
-    if annotation is int:
-        return isinstance(value, int) and not isinstance(value, bool)
-    if annotation in (bool, str):
-        return isinstance(value, annotation)
-    if origin in (collections.abc.Sequence, list, tuple):
-        return isinstance(value, (list, tuple)) and all(_fits(item, args[0]) for item in value if args)
-    if origin in (collections.abc.Mapping, dict):
-        return isinstance(value, Mapping)
-    return True
+# Keys that a section's target takes through **kwargs on purpose.
+SECTION_EXTRAS = {"model": ("name",)}
 
 
-def check_arguments(section: str, values: Mapping[str, Any], target: Callable, ignore: Iterable[str] = ()) -> List[str]:
-    """Checks the keys of config `section` against the parameters of `target` before anything is built: raises
-    ConfigError, naming the key, for a value of the wrong type, and returns a warning for each key that `target`
-    does not name (with the closest names it does). Keys starting with `_` and those in `ignore` are skipped."""
-    hints = typing.get_type_hints(target.__init__ if inspect.isclass(target) else target)
-    parameters = [name for name, parameter in inspect.signature(target).parameters.items()
-                  if parameter.kind not in (parameter.VAR_POSITIONAL, parameter.VAR_KEYWORD)]
-    unknown = []
-    for key, value in values.items():
-        if key.startswith("_") or key in ignore:
+def check_sections(config: Mapping[str, Any], sections: Sequence[str] = ("model", "data", "trainer")) -> None:
+    """Refuses (ConfigError) the keys of each config section built from a `_target_` that the target does not
+    take, with the closest names it does, and values of the wrong type, before anything is built. `config` is
+    plain resolved data; keys starting with `_` are Hydra's."""
+    for section in sections:
+        values = config.get(section)
+        if not isinstance(values, Mapping) or "_target_" not in values:
             continue
-        if key not in parameters:
-            close = difflib.get_close_matches(key, parameters, n=3)
-            hint = f" (did you mean {', '.join(close)}?)" if close else ""
-            unknown.append(f"{section}.{key} is not a parameter of {target.__name__} and has no effect{hint}")
-        elif key in hints and not _fits(value, hints[key]):
-            hint = hints[key]
-            expected = hint.__name__ if isinstance(hint, type) else str(hint).replace("typing.", "")
-            raise ConfigError(f"{section}.{key} must be {expected}, got {value!r} ({type(value).__name__})")
-    return unknown
+        target = get_class(values["_target_"])
+        given = {key: value for key, value in values.items() if not key.startswith("_")}
+        check_keys(given, parameters(target, *SECTION_EXTRAS.get(section, ())),
+                   f"{section} key ({target.__name__} takes no such parameter)", prefix=f"{section}.")
+
+
+CONFIG_FLAGS = ("-cn", "--config-name", "-cp", "--config-path", "-cd", "--config-dir")
+
+
+def compose_leaving_out_missing(config_name: str, typed: Mapping[str, str]) -> Tuple[DictConfig, Dict[str, str]]:
+    """The config composed with the overrides `typed` (key: override as typed) but those of keys it lacks, and
+    those keys (each with the typed key that reached it), or ConfigCompositionException for another failure."""
+    missing: Dict[str, str] = {}
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+        while True:
+            kept = [line for key, line in typed.items() if key not in missing.values()]
+            try:
+                return compose(config_name, overrides=kept), missing
+            except ConfigCompositionException as err:
+                key = getattr(err.__cause__, "full_key", None)
+                culprit = next((typed_key for typed_key in typed if typed_key not in missing.values()
+                                and (typed_key == key or typed_key.startswith(f"{key}."))), None)
+                if not isinstance(err.__cause__, (ConfigAttributeError, ConfigKeyError)) or culprit is None:
+                    raise
+                missing[key] = culprit
+
+
+def sweep_jobs(overrides: Sequence[str]) -> List[List[str]]:
+    """The overrides of each job of a Hydra sweep (`+experiment=tiny,parseq-mini` gives two), one job without
+    sweeps; HydraException for a sweep it cannot list (an interval)."""
+    parsed = OverridesParser.create().parse_overrides(list(overrides))
+    choices = [[f"{override.get_key_element()}={value}" for value in override.sweep_string_iterator()]
+               if override.is_sweep_override() else [override.input_line] for override in parsed]
+    return [list(job) for job in itertools.product(*choices)]
+
+
+def check_overrides(config_name: str, overrides: Sequence[str]) -> None:
+    """Refuses (ConfigError), before Hydra starts, the overrides of keys that the config `config_name` lacks, with
+    the closest names it has: a key Hydra would refuse without a hint (`model.refine_iter=2`, `modle.lr=1`), or
+    one `+key=value` adds at the top level, where nothing reads it (`+seeed=0`; `+experiment=...` adds a config
+    group). Then the composed sections are checked against what builds them (`check_sections`): `+model.lrr=1`.
+    A sweep (`-m`) has each of its jobs checked. Other mistakes are left to Hydra's own messages."""
+    if any(arg.split("=")[0] in CONFIG_FLAGS for arg in overrides):
+        return  # another config than `config_name`
+    try:
+        jobs = sweep_jobs([arg for arg in overrides if not arg.startswith("-")])
+    except HydraException:
+        return
+    for job in jobs:
+        check_job(config_name, job)
+
+
+def check_job(config_name: str, overrides: Sequence[str]) -> None:
+    """`check_overrides` for the overrides of one job (no sweeps)."""
+    try:
+        parsed = OverridesParser.create().parse_overrides(list(overrides))
+        typed = {override.key_or_group: override.input_line for override in parsed}
+        config, missing = compose_leaving_out_missing(config_name, typed)
+    except HydraException:
+        return
+    errors = []
+    for key, culprit in missing.items():
+        parent, _, leaf = key.rpartition(".")
+        node = OmegaConf.select(config, parent) if parent else config
+        target = node.get("_target_") if isinstance(node, DictConfig) else None
+        if target is not None and leaf in parameters(get_class(target)):
+            errors.append(f"{key} is not in the config; add it with +{typed[culprit]}")
+        else:
+            known = list(node) if isinstance(node, DictConfig) else []
+            errors.append(f"unknown key: {', '.join(unknown_keys([leaf], known, f'{parent}.' if parent else ''))}")
+    added = [override.key_or_group for override in parsed if override.is_add() and override.package is None
+             and "." not in override.key_or_group and override.key_or_group != "hydra"
+             and not (CONFIG_DIR / override.key_or_group).is_dir()]
+    if added:
+        known = [key for key in config if key not in added]
+        errors.append(f"unknown top-level key: {', '.join(unknown_keys(added, known))}")
+    if errors:
+        raise ConfigError("; ".join(errors))
+    try:
+        resolved = OmegaConf.to_container(config, resolve=True)
+    except (OmegaConfBaseException, OSError, ValueError):
+        return  # a value that cannot be resolved yet (a missing charset file): train.py names it
+    check_sections(resolved)
+
+
+def check_command_line(config_name: str) -> None:
+    """`check_overrides` on this process's command line: a refusal ends the process with one line on stderr."""
+    try:
+        check_overrides(config_name, sys.argv[1:])
+    except ConfigError as err:
+        sys.exit(f"{Path(sys.argv[0]).name}: error: {err}")

@@ -16,7 +16,7 @@ import torch
 from tqdm import tqdm
 
 from strhub.benchmarks import DEFAULT_PROTOCOL, BenchmarkGroup, label_lengths, select_groups
-from strhub.cli import autocast_context, default_device
+from strhub.cli import autocast_context, default_device, worker_count
 from strhub.data.module import SceneTextDataModule
 from strhub.failures import SampleLog
 from strhub.models.checkpoint import best_checkpoint
@@ -165,7 +165,7 @@ def write_csv(path: Path, results: Dict[str, Result], lengths: Dict[str, int], c
             writer.writerow({**context, **asdict(result), "max_label_length": lengths[name]})
 
 
-def evaluate_checkpoint(checkpoint: Path, data_root: Path, batch_size: int = 512, num_workers: int = 4,
+def evaluate_checkpoint(checkpoint: Path, data_root: Path, batch_size: int = 512, num_workers: Optional[int] = None,
                         cased: bool = False, punctuation: bool = False, new: bool = False, rotation: int = 0,
                         openai_meanstd: bool = False, device: Optional[str] = None, precision: str = "32",
                         model_kwargs: Optional[dict] = None, datasets: Sequence[str] = (),
@@ -178,8 +178,9 @@ def evaluate_checkpoint(checkpoint: Path, data_root: Path, batch_size: int = 512
     row per dataset); the default selection is named `new<new>`, and `<settings>` is a digest of what the numbers
     depend on (data root, test sets, charset, transforms, batch size, precision, model overrides), so that
     different evaluations never overwrite each other. Images are normalised with mean = std = 0.5 as in the
-    original's test protocol, or with CLIP's mean/std when `openai_meanstd`. With `errors`, every sample goes to
-    `errors/samples.csv` and each benchmark's misread images to contact sheets in `errors/<benchmark>/`."""
+    original's test protocol, or with CLIP's mean/std when `openai_meanstd`. `num_workers` data-loading processes
+    (default: 4, or the usable CPUs if fewer). With `errors`, every sample goes to `errors/samples.csv` and each
+    benchmark's misread images to contact sheets in `errors/<benchmark>/`."""
     selection, test_groups = select_groups(protocol, new, groups, datasets)
     if checkpoint.is_dir():
         checkpoint = best_checkpoint(checkpoint)
@@ -187,6 +188,7 @@ def evaluate_checkpoint(checkpoint: Path, data_root: Path, batch_size: int = 512
     elif not checkpoint.is_file():
         raise FileNotFoundError(f"checkpoint not found: {checkpoint}")
     device = default_device(device)
+    num_workers = worker_count(4) if num_workers is None else num_workers
     kwargs = dict(model_kwargs or {}, charset_test=evaluation_charset(cased, punctuation))
     model = load_from_checkpoint(str(checkpoint), **kwargs).eval().to(device)
     hp = model.hparams

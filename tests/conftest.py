@@ -1,3 +1,4 @@
+import os
 from pathlib import Path
 
 import pytest
@@ -8,6 +9,13 @@ from strhub.models.registry import model_config
 from strhub.models.utils import create_model
 from strhub.tools import render_words
 from strhub.tools.create_lmdb import write_lmdb
+
+# One torch thread in the test process and in the commands the tests start, unless OMP_NUM_THREADS says
+# otherwise: on a busy machine, every parallel region of a multi-threaded process waits for its slowest thread, which
+# the scheduler has put aside, and the tiny models' many small operations then run 5 to 50 times slower; with one
+# thread, a busy machine slows the suite in proportion to the load.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"

@@ -1,5 +1,6 @@
 """Each family's small config learns: trained on a fixed set of rendered words, it reads those same images back,
-and every trainable tensor has moved. About a minute of CPU per family on an idle 2-core machine."""
+and every trainable tensor has moved. About a minute of CPU per family on an idle 2-core machine, with the one torch
+thread that conftest.py sets, so that a busy machine slows them in proportion to its load."""
 import shutil
 from pathlib import Path
 

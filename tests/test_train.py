@@ -25,7 +25,7 @@ def logged_loss_steps(run_dir: Path, version: int = 0) -> List[int]:
 
 def test_run_writes_checkpoints_logs_and_config(data_root: Path, tmp_path: Path) -> None:
     run_dir = tmp_path / "run"
-    train(data_root, run_dir, "trainer.max_steps=3")
+    proc = train(data_root, run_dir, "trainer.max_steps=3")
     names = sorted(p.name for p in (run_dir / "checkpoints").iterdir())
     assert len(names) == 2 and "last.ckpt" in names and CHECKPOINT_NAME.fullmatch(names[0]), names
     assert names[0].startswith("epoch=0-step=2-")
@@ -36,7 +36,11 @@ def test_run_writes_checkpoints_logs_and_config(data_root: Path, tmp_path: Path)
     assert "${" not in text and text.startswith("# python train.py +experiment=tiny ")
     assert list(run_dir.glob("events.out.tfevents.*")) and logged_loss_steps(run_dir) == [0, 1, 2]
     assert "lr-AdamW" in (run_dir / "csv" / "version_0" / "metrics.csv").read_text()
-    assert re.search(r"step 2: loss \d+\.\d+, val_loss \d+\.\d+, val_accuracy", (run_dir / "train.log").read_text())
+    log = (run_dir / "train.log").read_text()
+    assert re.search(r"step 2: loss \d+\.\d+, val_loss \d+\.\d+, val_accuracy", log)
+    assert re.search(r"Training ended at step 3 of 3: trainer\.max_steps=3 reached; training loss \d+\.\d{4} "
+                     r"\(mean of the last 1 batches\)", log)
+    assert "Note: vl4str-tiny has a CLIP of its own shape" in proc.stdout + proc.stderr
     assert (run_dir / "curves.png").stat().st_size > 0
 
 

@@ -16,8 +16,9 @@ import torch
 from torch import Tensor, nn
 
 from strhub.models.layout import return_freed_memory
-from strhub.models.registry import (FAMILIES, Family, check_keys, experiment_family, experiments, known_settings,
-                                    model_config, without_weight_files)
+from strhub.keys import check_keys
+from strhub.models.registry import (FAMILIES, Family, experiment_family, experiments, known_settings, model_config,
+                                    without_weight_files)
 from strhub.models.safe_load import InvalidCheckpointError, safe_load
 from strhub.models.state_dicts import merge_settings, sub_state_dict
 
@@ -100,14 +101,17 @@ def registered_settings(family: Family, state_dict: Mapping[str, Tensor], path: 
     return settings
 
 
-def read_model_checkpoint(path: Path, overrides: Mapping[str, Any]) -> Tuple[Family, Dict[str, Tensor], Dict[str, Any]]:
+def read_model_checkpoint(path: Path, overrides: Mapping[str, Any],
+                          system: bool = False) -> Tuple[Family, Dict[str, Tensor], Dict[str, Any]]:
     """The family, the model's state dict (floating tensors as float32) and its full config: settings
     come from the checkpoint's hyper-parameters where it has them, else from the configs; the
     architecture is read off the tensors (what they cannot tell, such as a Hugging Face text tower's pooler,
-    is kept), and `overrides` win over both."""
+    is kept), and `overrides` win over both. Overrides of keys the family does not take, or of the wrong
+    type, are refused (ConfigError; `system`: typed as the Lightning system's settings, see
+    `known_settings`); the checkpoint's own hyper-parameters are read as they are."""
     state_dict, hparams = read_checkpoint(path)
     family, state_dict = identify(state_dict, path)
-    check_keys(overrides, known_settings(family), f"setting for a {family.name} model")
+    check_keys(overrides, known_settings(family, system), f"setting for a {family.name} model")
     config = model_config(model=family.name)
     if hparams:
         config.update({key: value for key, value in family.legacy_fallbacks.items() if key not in hparams})

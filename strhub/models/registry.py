@@ -7,7 +7,6 @@ system. Its defaults are `configs/model/<name>.yaml`; experiments (`configs/expe
 family with `override /model: <name>`. Checkpoints are told apart by the tensors they hold, never by
 their file name. Importing this module imports no model code (nor Lightning).
 """
-import difflib
 import functools
 import importlib
 from dataclasses import dataclass, field
@@ -18,12 +17,13 @@ from omegaconf import OmegaConf
 from torch import Tensor, nn
 
 from strhub.configs import CONFIG_DIR
+from strhub.keys import parameters
 
 
 
 @dataclass(frozen=True)
 class Family:
-    """A model family: its config name, package and Lightning system, the state-dict keys only its
+    """A model family: its config name, package, Lightning system and plain model, the state-dict keys only its
     checkpoints hold, the settings its tensors cannot tell (taken from the registered config whose
     shapes match), and the values its original code falls back on for keys a checkpoint's
     hyper-parameters lack."""
@@ -31,6 +31,7 @@ class Family:
     name: str
     package: str
     system: str
+    model: str
     signature: Tuple[str, ...]
     unreadable: Tuple[str, ...]
     legacy_fallbacks: Mapping[str, Any] = field(default_factory=dict)
@@ -46,6 +47,10 @@ class Family:
         """The Lightning system (importing it imports Lightning)."""
         return getattr(self.module("system"), self.system)
 
+    def model_class(self) -> Type[nn.Module]:
+        """The plain model (`nn.Module`)."""
+        return getattr(self.module("model"), self.model)
+
     def settings_from_state_dict(self, state_dict: Mapping[str, Tensor],
                                  img_size: Optional[Sequence[int]]) -> Dict[str, Any]:
         """The settings the tensors of a state dict (in the model's own layout) tell."""
@@ -56,17 +61,17 @@ class Family:
 
 
 FAMILIES: Dict[str, Family] = {family.name: family for family in (
-    Family("vl4str", "strhub.models.clip4str", "CLIP4STRSystem",
+    Family("vl4str", "strhub.models.clip4str", "CLIP4STRSystem", "CLIP4STR",
            signature=("clip_model.visual.proj", "visual_decoder.head.weight"), unreadable=("dec_num_heads",),
            # The original's in-code values for keys that its older checkpoints' hyper-parameters lack.
            legacy_fallbacks={"use_language_model": False, "context_length": 20, "text_freeze_nlayer": -1,
                              "coef_lr": 1.0}),
-    Family("str_adapter", "strhub.models.str_adapter", "STRAdapterSystem",
+    Family("str_adapter", "strhub.models.str_adapter", "STRAdapterSystem", "STRAdapter",
            signature=("clip_model.visual.proj", "decoder.norm.weight", "head.weight"),
            unreadable=("dec_num_heads", "block_ids"),
            legacy_fallbacks={"adapter_type": "linear", "block_ids": [0, 4, 8, 11], "prune_reduction": 4,
                              "coef_lr": 1.0, "coef_wd": 1.0}),
-    Family("parseq", "strhub.models.parseq", "PARSeqSystem",
+    Family("parseq", "strhub.models.parseq", "PARSeqSystem", "PARSeq",
            signature=("encoder.patch_embed.proj.weight", "decoder.norm.weight", "head.weight"),
            unreadable=("enc_num_heads", "dec_num_heads", "img_size")),
 )}
@@ -150,17 +155,9 @@ def experiment_family(experiment: Optional[str] = None) -> Family:
     return family_of(OmegaConf.to_container(_load(CONFIG_DIR / "model" / f"{choices['model']}.yaml")))
 
 
-def check_keys(given: Mapping[str, Any], known: Sequence[str], what: str) -> None:
-    """Refuses keys of `given` that are not in `known`, suggesting the closest known names."""
-    unknown = [key for key in given if key not in known]
-    if unknown:
-        hints = []
-        for key in unknown:
-            close = difflib.get_close_matches(key, known, n=3)
-            hints.append(f"{key!r}" + (f" (did you mean {' or '.join(map(repr, close))}?)" if close else ""))
-        raise ValueError(f"unknown {what}: {', '.join(hints)}")
-
-
-def known_settings(family: Family) -> List[str]:
-    """The settings a model of `family` takes: the keys of its config."""
-    return sorted(model_config(model=family.name))
+def known_settings(family: Family, system: bool = False) -> Dict[str, Any]:
+    """The settings a model of `family` takes (the keys of its config), each with the type that the constructor
+    of its plain model declares, or of its Lightning system with `system` (which imports Lightning, and types
+    the training settings too); `Any` where it declares none."""
+    annotations = parameters(family.system_class() if system else family.model_class())
+    return {key: annotations.get(key, Any) for key in sorted(model_config(model=family.name))}

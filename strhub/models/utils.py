@@ -6,23 +6,27 @@ from typing import Any, Optional, Union
 from strhub.models.base import PLMSystem
 from strhub.models.checkpoint import (InvalidCheckpointError, assign_weights, build_on_meta, identify, read_checkpoint,
                                       read_model_checkpoint)
-from strhub.models.registry import FAMILIES, check_keys, experiment_family, model_config
+from strhub.keys import check_keys
+from strhub.models.registry import FAMILIES, experiment_family, known_settings, model_config
 
 
 def create_model(experiment: Optional[str] = None, **overrides: Any) -> PLMSystem:
     """A fresh system from an experiment config (e.g. `vl4str`, `tiny`, `parseq`, `str_adapter-mini`)
     and keyword overrides (random CLIP weights when `clip_pretrained=None`)."""
     config = model_config(experiment)
-    check_keys(overrides, sorted(config), f"setting of experiment {experiment or 'default'!r}")
+    family = experiment_family(experiment)
+    types = known_settings(family, system=True)
+    check_keys(overrides, {key: types.get(key, Any) for key in config},
+               f"setting of experiment {experiment or 'default'!r}")
     config.update(overrides)
-    return experiment_family(experiment).system_class()(**config)
+    return family.system_class()(**config)
 
 
 def load_from_checkpoint(checkpoint_path: Union[str, Path], **overrides: Any) -> PLMSystem:
     """The Lightning system of a checkpoint of any family (see `strhub.models.checkpoint.load_model`),
     with its hyper-parameters: for testing, or to go on training."""
     path = Path(checkpoint_path)
-    family, state_dict, config = read_model_checkpoint(path, overrides)
+    family, state_dict, config = read_model_checkpoint(path, overrides, system=True)
     system = build_on_meta(lambda settings: family.system_class()(**settings), config, family, path)
     assign_weights(system.model, state_dict, family, path)
     return system.to("cpu")  # Lightning's device of the system, built on the meta device
