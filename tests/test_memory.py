@@ -206,3 +206,18 @@ def test_the_estimated_activations_are_those_of_a_measured_step():
     estimated = Planner(settings, device_type="cpu").estimate(plan)
     assert abs(estimated.activations / measured["activations"] - 1) < 0.15
     assert measured["peak"] > measured["activations"] > 0 and measured["seconds"] > 0
+
+
+def test_bench_py_prints_the_plan_and_the_largest_batches():
+    proc = subprocess.run([sys.executable, "bench.py", "+experiment=tiny", "memory=true", "device=cpu", "measure=false",
+                           "trainer.precision=32", "model.batch_size=4", "model.grad_checkpointing=true",
+                           "memory_budgets=[1,2]"], cwd=REPO, capture_output=True, text=True, timeout=600,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    lines = proc.stdout.splitlines()
+    assert lines[0] == ("Training step of vl4str-tiny: batch 4 per GPU, precision 32-true, one process, "
+                        "activation checkpointing: encoder")
+    assert lines[1] == "Estimated per cpu (meta device):" and lines[2].split()[0] == "parameters"
+    off, on = (line for line in lines if line.startswith("  checkpointing"))
+    sizes = [[int(part.split(": ")[1]) for part in line.split(": ", 1)[1].split(", ")] for line in (off, on)]
+    assert sizes[0][0] < sizes[0][1] and sizes[0][0] < sizes[1][0]
