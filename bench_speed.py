@@ -14,7 +14,6 @@ charset, 1 to 25 characters, the first 25.
     python bench_speed.py --experiment parseq --batches 1 64
 """
 import argparse
-import gc
 import json
 import multiprocessing as mp
 import random
@@ -25,29 +24,10 @@ from typing import Any, Callable, Dict, List, Optional
 import torch
 
 from strhub.cli import autocast_context, reuse_freed_memory
+from strhub.memory import peak_memory, reset_peak_memory
 from strhub.models.checkpoint import load_model
 from strhub.models.recognizer import Recognizer
 from strhub.models.registry import experiment_family, model_config, without_weight_files
-
-
-def peak_memory_mib() -> float:
-    """The process's resident-set high-water mark."""
-    with open("/proc/self/status") as status:
-        for line in status:
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024
-    return float("nan")
-
-
-def reset_peak_memory(device: torch.device) -> None:
-    """Starts the peak-memory count afresh, once the model is built and in the mode measured
-    (building holds two copies)."""
-    gc.collect()
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats()
-    else:
-        with open("/proc/self/clear_refs", "w") as clear_refs:
-            clear_refs.write("5")
 
 
 def timed(fn: Callable[[], Any], device: torch.device, warmup: int, repeats: int) -> List[float]:
@@ -118,6 +98,7 @@ def build_system(args: argparse.Namespace):
     else:
         torch.manual_seed(0)
         system = create_model(args.experiment, **without_weight_files(model_config(args.experiment)))
+    system.model.set_grad_checkpointing(args.grad_checkpointing, args.grad_checkpointing_decoder)
     if args.compile:
         compile_encoder(system.model)
     return system
@@ -164,8 +145,7 @@ def measure(args: argparse.Namespace, task: str, batch: int, queue: mp.Queue) ->
         result["seconds"] = statistics.median(timed(step, device, args.warmup, args.repeats))
         result["encoder_seconds"] = statistics.median(timed(encoder_step, device, args.warmup, args.repeats))
         result["after_encoder_seconds"] = result["seconds"] - result["encoder_seconds"]
-    result["peak_memory_mib"] = (torch.cuda.max_memory_allocated() / 2**20 if device.type == "cuda"
-                                 else peak_memory_mib())
+    result["peak_memory_mib"] = peak_memory(device) / 2**20
     queue.put(result)
 
 
@@ -196,6 +176,10 @@ def main(argv: Optional[List[str]] = None) -> None:
     parser.add_argument("--batches", type=int, nargs="+", default=[1, 8], help="inference batch sizes")
     parser.add_argument("--train-batch", type=int, default=8, help="training batch size (0: skip)")
     parser.add_argument("--compile", action="store_true", help="compile the image encoder (torch.compile)")
+    parser.add_argument("--grad-checkpointing", action="store_true",
+                        help="training: recompute the encoder blocks in the backward pass")
+    parser.add_argument("--grad-checkpointing-decoder", action="store_true",
+                        help="training: recompute the decoder layers in the backward pass")
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--seed", type=int, default=0, help="seed of the inputs (images: seed + batch)")
@@ -205,8 +189,11 @@ def main(argv: Optional[List[str]] = None) -> None:
     results = [run(args, "inference", batch) for batch in args.batches]
     if args.train_batch:
         results.append(run(args, "training", args.train_batch))
+    checkpointed = [part for part, on in (("encoder", args.grad_checkpointing),
+                                          ("decoder", args.grad_checkpointing_decoder)) if on]
     print(f"{args.weights or args.experiment} on {args.device}, precision {args.precision}"
-          f"{', compiled encoder' if args.compile else ''}, {torch.get_num_threads()} threads")
+          f"{', compiled encoder' if args.compile else ''}"
+          f"{', checkpointed ' + ' and '.join(checkpointed) if checkpointed else ''}, {torch.get_num_threads()} threads")
     for result in results:
         print(report(result))
     if args.json:
