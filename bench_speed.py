@@ -15,7 +15,6 @@ charset, 1 to 25 characters (or to --label-length), the first that long.
     python bench_speed.py --experiment parseq --batches 1 64
 """
 import argparse
-import gc
 import json
 import multiprocessing as mp
 import random
@@ -27,29 +26,10 @@ import torch
 
 from strhub.cli import autocast_context, reuse_freed_memory
 from strhub.data.utils import load_charset
+from strhub.memory import peak_memory, reset_peak_memory
 from strhub.models.checkpoint import load_model
 from strhub.models.recognizer import Recognizer
 from strhub.models.registry import experiment_family, model_config, without_weight_files
-
-
-def peak_memory_mib() -> float:
-    """The process's resident-set high-water mark."""
-    with open("/proc/self/status") as status:
-        for line in status:
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024
-    return float("nan")
-
-
-def reset_peak_memory(device: torch.device) -> None:
-    """Starts the peak-memory count afresh, once the model is built and in the mode measured
-    (building holds two copies)."""
-    gc.collect()
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats()
-    else:
-        with open("/proc/self/clear_refs", "w") as clear_refs:
-            clear_refs.write("5")
 
 
 def timed(fn: Callable[[], Any], device: torch.device, warmup: int, repeats: int) -> List[float]:
@@ -130,6 +110,7 @@ def build_system(args: argparse.Namespace):
         torch.manual_seed(0)
         system = create_model(args.experiment, **without_weight_files(model_config(args.experiment)),
                               **charset_overrides(args))
+    system.model.set_grad_checkpointing(args.grad_checkpointing, args.grad_checkpointing_decoder)
     if args.compile:
         compile_encoder(system.model)
     return system
@@ -177,8 +158,7 @@ def measure(args: argparse.Namespace, task: str, batch: int, queue: mp.Queue) ->
         result["seconds"] = statistics.median(timed(step, device, args.warmup, args.repeats))
         result["encoder_seconds"] = statistics.median(timed(encoder_step, device, args.warmup, args.repeats))
         result["after_encoder_seconds"] = result["seconds"] - result["encoder_seconds"]
-    result["peak_memory_mib"] = (torch.cuda.max_memory_allocated() / 2**20 if device.type == "cuda"
-                                 else peak_memory_mib())
+    result["peak_memory_mib"] = peak_memory(device) / 2**20
     queue.put(result)
 
 
@@ -212,6 +192,10 @@ def main(argv: Optional[List[str]] = None) -> None:
     parser.add_argument("--label-length", type=int, default=0,
                         help="longest training label (0: the model's max_label_length, 25)")
     parser.add_argument("--compile", action="store_true", help="compile the image encoder (torch.compile)")
+    parser.add_argument("--grad-checkpointing", action="store_true",
+                        help="training: recompute the encoder blocks in the backward pass")
+    parser.add_argument("--grad-checkpointing-decoder", action="store_true",
+                        help="training: recompute the decoder layers in the backward pass")
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--seed", type=int, default=0, help="seed of the inputs (images: seed + batch)")
@@ -223,8 +207,11 @@ def main(argv: Optional[List[str]] = None) -> None:
     results = [run(args, "inference", batch) for batch in args.batches]
     if args.train_batch:
         results.append(run(args, "training", args.train_batch))
+    checkpointed = [part for part, on in (("encoder", args.grad_checkpointing),
+                                          ("decoder", args.grad_checkpointing_decoder)) if on]
     print(f"{args.weights or args.experiment} on {args.device}, precision {args.precision}"
-          f"{', compiled encoder' if args.compile else ''}, {torch.get_num_threads()} threads")
+          f"{', compiled encoder' if args.compile else ''}"
+          f"{', checkpointed ' + ' and '.join(checkpointed) if checkpointed else ''}, {torch.get_num_threads()} threads")
     for result in results:
         print(report(result))
     if args.json:

@@ -23,21 +23,23 @@ import pytorch_lightning as pl
 import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate, to_absolute_path
-from omegaconf import DictConfig, ListConfig, OmegaConf, open_dict
+from omegaconf import DictConfig, OmegaConf, open_dict
 from pytorch_lightning.callbacks import Callback, LearningRateMonitor, ModelCheckpoint, ModelSummary, Timer
 from pytorch_lightning.loggers import CSVLogger, TensorBoardLogger
-from pytorch_lightning.strategies import DDPStrategy, Strategy
+from pytorch_lightning.strategies import Strategy
 from pytorch_lightning.utilities import rank_zero_only
 
 from strhub.callbacks import (AtomicCheckpointIO, LatestCheckpoint, NonFiniteGuard, ScheduleGuard, TrainingError,
                               check_resume_checkpoint, remove_partial_files)
 from strhub.cli import (check_command_line, check_sections, random_clip_notice, register_resolvers,
-                        reuse_freed_memory)
+                        reuse_freed_memory, world_size)
 from strhub.evaluate import evaluate_checkpoint
 from strhub.keys import ConfigError
+from strhub.memory import training_plan_line
 from strhub.models.registry import without_weight_files
 from strhub.models.safe_load import InvalidCheckpointError
 from strhub.models.utils import load_weights
+from strhub.strategies import check_strategy, training_strategy
 from strhub.tools.plot_run import plot_run
 
 log = logging.getLogger(__name__)
@@ -115,21 +117,6 @@ class StartCleanup(Callback):
                     shutil.rmtree(path, ignore_errors=True)
                 else:
                     path.unlink(missing_ok=True)
-
-
-def world_size(trainer: DictConfig) -> int:
-    """Number of training processes: devices per node (resolved as Lightning does) times nodes."""
-    devices = trainer.get("devices", "auto")
-    if devices in ("auto", -1, "-1"):
-        uses_gpu = trainer.get("accelerator", "auto") in ("auto", "gpu", "cuda") and torch.cuda.is_available()
-        per_node = torch.cuda.device_count() if uses_gpu else 1
-    elif isinstance(devices, (list, ListConfig)):
-        per_node = len(devices)
-    elif isinstance(devices, str) and "," in devices:
-        per_node = len([d for d in devices.split(",") if d.strip()])
-    else:
-        per_node = int(devices)
-    return per_node * int(trainer.get("num_nodes", 1))
 
 
 def scale_steps(trainer: DictConfig, processes: int) -> None:
@@ -263,6 +250,7 @@ def main(config: DictConfig) -> None:
 
 def train(config: DictConfig, cleanup: StartCleanup) -> None:
     processes = world_size(config.trainer)
+    check_strategy(config.trainer.strategy, config.trainer.accelerator)
     reuse_freed_memory()
     with open_dict(config):
         config.data.root_dir = to_absolute_path(config.data.root_dir)
@@ -271,10 +259,6 @@ def train(config: DictConfig, cleanup: StartCleanup) -> None:
                 config[key] = to_absolute_path(config[key])
         if processes > 1:
             scale_steps(config.trainer, processes)
-    strategy: Union[str, Strategy] = config.trainer.strategy
-    if processes > 1 and strategy in ("auto", "ddp"):
-        strategy = DDPStrategy(find_unused_parameters=config.model.get("find_unused_parameters", False),
-                               gradient_as_bucket_view=True)
     if config.seed is not None:
         pl.seed_everything(config.seed, workers=True)
 
@@ -299,6 +283,10 @@ def train(config: DictConfig, cleanup: StartCleanup) -> None:
             log.warning("Removed %s, a checkpoint write cut short", path)
 
     model = build_model(config)
+    strategy: Union[str, Strategy] = training_strategy(config.trainer.strategy, config.trainer.accelerator, processes,
+                                                       model)
+    if rank_zero_only.rank == 0:
+        log.info(training_plan_line(OmegaConf.to_container(config.model, resolve=True), config.trainer, processes))
     datamodule = instantiate(config.data)
     best = ModelCheckpoint(dirpath=run_dir / "checkpoints", monitor="val_accuracy", mode="max", save_top_k=1,
                            filename="{epoch}-{step}-{val_accuracy:.4f}-{val_NED:.4f}", save_on_train_epoch_end=False)

@@ -48,6 +48,21 @@ def register_resolvers() -> None:
         OmegaConf.register_new_resolver("workers", lambda at_most: worker_count(int(at_most)))
 
 
+def world_size(trainer: Mapping[str, Any]) -> int:
+    """Number of training processes of a `trainer` config: devices per node (resolved as Lightning does) times nodes."""
+    devices = trainer.get("devices", "auto")
+    if devices in ("auto", -1, "-1"):
+        uses_gpu = trainer.get("accelerator", "auto") in ("auto", "gpu", "cuda") and torch.cuda.is_available()
+        per_node = torch.cuda.device_count() if uses_gpu else 1
+    elif isinstance(devices, Sequence) and not isinstance(devices, str):
+        per_node = len(devices)
+    elif isinstance(devices, str) and "," in devices:
+        per_node = len([d for d in devices.split(",") if d.strip()])
+    else:
+        per_node = int(devices)
+    return per_node * int(trainer.get("num_nodes", 1))
+
+
 def default_device(device: Optional[str] = None) -> torch.device:
     """`device`, or else the GPU when there is one, or else the CPU. A device torch cannot name, or a CUDA device
     where torch sees no such GPU, is a ConfigError of one line."""

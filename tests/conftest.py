@@ -28,6 +28,11 @@ TINY_ARCH = {
 }
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "slow: a long test whose behaviour a fast test also covers "
+                                       "(deselect with -m 'not slow')")
+
+
 # A tiny CLIP whose text tower is a Hugging Face model (see `make_hf_folder`).
 TINY_HF_ARCH = {"embed_dim": 64, "vision_cfg": TINY_ARCH["vision_cfg"],
                 "text_cfg": {"hf_pooler_type": "mean_pooler", "hf_proj_type": "linear"}}

@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 from nltk import edit_distance
 from torch import Tensor, nn
+from torch.distributed.fsdp import FullyShardedDataParallel
 from torch.optim.lr_scheduler import OneCycleLR
 
 from strhub.data.utils import CharsetAdapter, Tokenizer
@@ -145,16 +146,28 @@ class PLMSystem(CrossEntropySystem):
         return generate_permutations(tgt.shape[1] - 2, self.perm_num, self.perm_forward, self.perm_mirrored,
                                      tgt.device)
 
+    def set_training_options(self, grad_checkpointing: bool, grad_checkpointing_decoder: bool,
+                             compile_train_step: bool) -> None:
+        """Activation checkpointing of the model's encoder blocks and decoder layers (see
+        `Recognizer.set_grad_checkpointing`), and `torch.compile` of the training step's tensor computation
+        (`train_loss`: everything from the encoded labels and their permutations to the loss)."""
+        self.model.set_grad_checkpointing(grad_checkpointing, grad_checkpointing_decoder)
+        self.train_loss = torch.compile(self.permutation_step) if compile_train_step else self.permutation_step
+
     def training_step(self, batch: Tuple[Tensor, List[str]], batch_idx: int) -> Tensor:
         images, labels = batch
         tgt = self.tokenizer.encode(labels, self.device)
-        content_masks, query_masks = permutation_masks(self.gen_tgt_perms(tgt))
+        loss = self.train_loss(images, tgt, self.gen_tgt_perms(tgt))
+        self.log("loss", loss, prog_bar=True)
+        return loss
+
+    def permutation_step(self, images: Tensor, tgt: Tensor, perms: Tensor) -> Tensor:
+        """The permutation-language-model loss of images and their encoded labels (N, T+2) over permutations (P, T+2)."""
+        content_masks, query_masks = permutation_masks(perms)
         tgt_in, tgt_out = tgt[:, :-1], tgt[:, 1:]
         padding = (tgt_in == self.pad_id) | (tgt_in == self.eos_id)
         branches = self.branch_features(images, tgt_in, content_masks, query_masks, padding)
-        loss = permutation_loss(branches, tgt_out, self.eos_id, self.pad_id)
-        self.log("loss", loss, prog_bar=True)
-        return loss
+        return permutation_loss(branches, tgt_out, self.eos_id, self.pad_id)
 
     def branch_features(self, images: Tensor, tgt_in: Tensor, content_masks: Tensor, query_masks: Tensor,
                         padding: Tensor) -> Branches:
@@ -197,6 +210,14 @@ class PLMSystem(CrossEntropySystem):
 
     def optimizer_zero_grad(self, epoch: int, batch_idx: int, optimizer: torch.optim.Optimizer) -> None:
         optimizer.zero_grad(set_to_none=True)
+
+    def configure_gradient_clipping(self, optimizer: torch.optim.Optimizer, gradient_clip_val: Optional[float] = None,
+                                    gradient_clip_algorithm: Optional[str] = None) -> None:
+        """Under FSDP, FSDP clips the norm over all the shards (Lightning's clipping refuses sharded gradients)."""
+        if gradient_clip_val and isinstance(self.trainer.model, FullyShardedDataParallel):
+            self.trainer.model.clip_grad_norm_(gradient_clip_val)
+        else:
+            self.clip_gradients(optimizer, gradient_clip_val, gradient_clip_algorithm)
 
 
 def split_decay(named_params: Sequence[Tuple[str, Tensor]]) -> Tuple[List[Tensor], List[Tensor]]:

@@ -10,7 +10,7 @@ import inspect
 import math
 import zipfile
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Dict, List, Mapping, NamedTuple, Optional, Sequence, Tuple, Union
 
 import regex
 import torch
@@ -18,9 +18,10 @@ import torch.nn.functional as F
 from open_clip.factory import get_model_config
 from open_clip.model import CLIP, CLIPTextCfg, CLIPVisionCfg
 from open_clip.tokenizer import SimpleTokenizer
-from open_clip.transformer import QuickGELU
+from open_clip.transformer import QuickGELU, ResidualAttentionBlock
 from torch import Tensor, nn
 
+from strhub.models.recompute import maybe_checkpoint
 from strhub.models.safe_load import safe_load
 from strhub.models.state_dicts import count_blocks, sub_state_dict
 
@@ -114,7 +115,17 @@ def build_clip(arch: Mapping[str, Any]) -> CLIP:
                          "model.text_tower set)")
     text = dict(arch["text_cfg"])
     text_cfg = CLIPTextCfg(heads=text["width"] // HEAD_WIDTH, **text)
-    return CLIP(arch["embed_dim"], vision_config(arch), text_cfg, quick_gelu=True)
+    model = CLIP(arch["embed_dim"], vision_config(arch), text_cfg, quick_gelu=True)
+    run_blocks_as_ours(model.visual.transformer, model.transformer)
+    return model
+
+
+def run_blocks_as_ours(*transformers: nn.Module) -> None:
+    """Gives the open_clip transformers' blocks the class `ClipBlock` (a subclass without state of its own: the same
+    weights and names), whose forward is `residual_block`."""
+    for transformer in transformers:
+        for block in transformer.resblocks:
+            block.__class__ = ClipBlock
 
 
 def vision_config(arch: Mapping[str, Any]) -> CLIPVisionCfg:
@@ -200,13 +211,45 @@ def arguments_from(model_class: Callable[..., nn.Module], config: Mapping[str, A
     return {name: config[name] for name in list(inspect.signature(model_class).parameters)[1:]}
 
 
-def residual_block(block: nn.Module, x: Tensor, attn_mask: Optional[Tensor] = None) -> Tensor:
+class Prefixes(NamedTuple):
+    """How the text encoder's rows map onto its captions (see `shared_prefixes`): `first` (R,) picks the row of
+    each distinct prefix from the caption positions, `groups` (N * L,) the prefix of each caption position."""
+
+    first: Tensor
+    groups: Tensor
+    length: int
+
+
+def residual_block(block: nn.Module, x: Tensor, attn_mask: Optional[Tensor] = None,
+                   prefixes: Optional[Prefixes] = None) -> Tensor:
     """An open_clip residual attention block on batch-first tokens (N, L, D): the same computation as
-    its own forward, written out on contiguous tensors (faster than `nn.MultiheadAttention` on a CPU)."""
+    its own forward, written out on contiguous tensors (faster than `nn.MultiheadAttention` on a CPU).
+    With `prefixes`, `x` holds the distinct caption prefixes (R, D): the projections and the MLP run on
+    them, the attention itself on every caption."""
     attn = block.attn
-    attended = attend(attn, F.linear(block.ln_1(x), attn.in_proj_weight, attn.in_proj_bias), attn_mask)
+    qkv = F.linear(block.ln_1(x), attn.in_proj_weight, attn.in_proj_bias)
+    if prefixes is not None:
+        qkv = qkv[prefixes.groups].view(-1, prefixes.length, qkv.shape[-1])
+    attended = attend(attn, qkv, attn_mask)
+    if prefixes is not None:
+        attended = attended.flatten(0, 1)[prefixes.first]
     x = x + block.ls_1(attn.out_proj(attended))
     return x + block.ls_2(mlp(block, block.ln_2(x)))
+
+
+class RunsResidualBlock(nn.Module):
+    """A block whose forward is `residual_block`, recomputed in the backward pass when told to checkpoint.
+    The towers call their blocks, never their weights from outside, so that wrappers that work on a module's
+    calls see every use of its parameters (FSDP gathers a sharded block's parameters around its forward)."""
+
+    def forward(self, x: Tensor, attn_mask: Optional[Tensor] = None, *, prefixes: Optional[Prefixes] = None,
+                checkpoint: bool = False) -> Tensor:
+        return maybe_checkpoint(checkpoint, residual_block, self, x, attn_mask, prefixes)
+
+
+class ClipBlock(RunsResidualBlock, ResidualAttentionBlock):
+    """open_clip's residual attention block, run by `residual_block` (`build_clip` gives CLIP's blocks this
+    class: it adds no state, so weights and names stay open_clip's)."""
 
 
 def attend(attn: nn.MultiheadAttention, qkv: Tensor, attn_mask: Optional[Tensor] = None) -> Tensor:
@@ -245,7 +288,7 @@ def vision_features(clip: CLIP, images: Tensor, capture: Sequence[int] = ()) -> 
     for i, block in enumerate(visual.transformer.resblocks):
         if i in capture:
             inputs[i] = x
-        x = residual_block(block, x)
+        x = block(x, checkpoint=visual.transformer.grad_checkpointing)
     return visual.ln_post(x), [inputs[i] for i in capture]
 
 
@@ -282,25 +325,28 @@ def shared_prefixes(token_ids: Tensor) -> Tuple[Tensor, Tensor]:
 
 
 def encode_text_tokens(clip: CLIP, token_ids: Tensor) -> Tensor:
-    """Features of every position of a short causal context, projected: (N, L, D).
+    """Features of every position of a short causal context (N, L), best given on the host, projected:
+    (N, L, D) on CLIP's device.
 
     Under the causal mask a position's features depend only on the tokens up to it, so positions
     that share them (a common start of two captions, or a caption given twice) are computed once:
     the blocks' projections and MLPs run on the distinct prefixes only, and only the attention itself on
     every caption. An ONNX export computes every position (the grouping depends on the tokens)."""
     batch, length = token_ids.shape
+    device = clip.token_embedding.weight.device
     if torch.onnx.is_in_onnx_export():
         first = groups = torch.arange(batch * length, device=token_ids.device)
+        tokens = token_ids.flatten()
     else:
-        first, groups = (index.to(token_ids.device) for index in shared_prefixes(token_ids.cpu()))
-    positions = first % length
-    x = clip.token_embedding(token_ids.flatten()[first]) + clip.positional_embedding[positions]
+        host_ids = token_ids.cpu()
+        first, groups = shared_prefixes(host_ids)
+        tokens = host_ids.flatten()[first].to(device)
+        first, groups = first.to(device), groups.to(device)
+    prefixes = Prefixes(first, groups, length)
+    x = clip.token_embedding(tokens) + clip.positional_embedding[first % length]
     causal = torch.full((length, length), float("-inf"), dtype=x.dtype, device=x.device).triu(1)
     for block in clip.transformer.resblocks:
-        attn = block.attn
-        qkv = F.linear(block.ln_1(x), attn.in_proj_weight, attn.in_proj_bias)[groups].view(batch, length, -1)
-        x = x + block.ls_1(attn.out_proj(attend(attn, qkv, causal).flatten(0, 1)[first]))
-        x = x + block.ls_2(mlp(block, block.ln_2(x)))
+        x = block(x, causal, prefixes=prefixes, checkpoint=clip.transformer.grad_checkpointing)
     return (clip.ln_final(x) @ clip.text_projection)[groups].view(batch, length, -1)
 
 

@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from strhub.models.recompute import maybe_checkpoint
 from strhub.models.recording import record_logits, record_memory, record_pass, record_weights
 
 KeyValue = Tuple[Tensor, Tensor]
@@ -199,7 +200,8 @@ def _step_weights(layer: DecoderLayer) -> Tuple[Tensor, ...]:
 
 class CharDecoder(nn.Module):
     """The decoder's computation over `layers`, `norm`, `text_embed`, `pos_queries`, `dropout` and
-    `head`, which subclasses provide."""
+    `head`, which subclasses provide. With `grad_checkpointing`, `decode` recomputes its layers in the
+    backward pass."""
 
     layers: nn.ModuleList
     norm: nn.LayerNorm
@@ -207,6 +209,7 @@ class CharDecoder(nn.Module):
     pos_queries: nn.Parameter
     dropout: nn.Dropout
     head: nn.Linear
+    grad_checkpointing = False
 
     def memory_kv(self, memory: Tensor) -> List[KeyValue]:
         """Each layer's cross-attention keys and values of `memory`."""
@@ -240,8 +243,8 @@ class CharDecoder(nn.Module):
         query_mask = merge_masks(query_mask, padding_mask)
         content_mask = merge_masks(content_mask, padding_mask)
         for i, layer in enumerate(self.layers):
-            query, content = layer(query, content, memory_kv[i], query_mask, content_mask,
-                                   update_content=i < len(self.layers) - 1)
+            query, content = maybe_checkpoint(self.grad_checkpointing, layer, query, content, memory_kv[i], query_mask,
+                                              content_mask, i < len(self.layers) - 1)
         return self.norm(query)
 
     def start(self, memory_kv: List[KeyValue], num_steps: int) -> DecodeState:

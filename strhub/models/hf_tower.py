@@ -25,7 +25,7 @@ from transformers import AutoConfig, AutoTokenizer, PretrainedConfig
 from transformers.initialization import no_init_weights
 
 from strhub.models.clip import (ClipArch, arch_from_name, arch_from_state_dict, is_hf_arch, read_clip_state_dict,
-                                vision_config)
+                                run_blocks_as_ours, vision_config)
 from strhub.models.state_dicts import merge_settings
 from strhub.models.text_towers import TextTower
 
@@ -170,6 +170,7 @@ def build_hf_clip(arch: ClipArch, hf_config: PretrainedConfig, weights: Optional
                                hf_proj_type=text.get("hf_proj_type", defaults.hf_proj_type))
         clip = CustomTextCLIP(arch["embed_dim"], vision_config(arch), text_cfg,
                               quick_gelu=arch.get("quick_gelu", False))
+    run_blocks_as_ours(clip.visual.transformer)
     return clip.float()
 
 

@@ -14,7 +14,7 @@ from torch import Tensor, nn
 
 def lay_out_weights(module: nn.Module, input_major: bool) -> bool:
     """Stores the CPU weights of the linear layers and attention input projections in `module`
-    input-major or output-major. Returns whether any weight moved."""
+    input-major or output-major (sharded weights, FSDP's, keep theirs). Returns whether any weight moved."""
     moved = False
     for sub in module.modules():
         if isinstance(sub, nn.Linear):
@@ -23,7 +23,8 @@ def lay_out_weights(module: nn.Module, input_major: bool) -> bool:
             weight = sub.in_proj_weight
         else:
             continue
-        if weight.device.type == "cpu" and weight.dim() == 2 and _is_input_major(weight) != input_major:
+        if (weight.device.type == "cpu" and weight.dim() == 2 and type(weight.data) is Tensor
+                and _is_input_major(weight) != input_major):
             weight.data = weight.data.t().contiguous().t() if input_major else weight.data.contiguous()
             moved = True
     return moved

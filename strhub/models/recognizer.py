@@ -45,6 +45,16 @@ class Recognizer(nn.Module):
         """Modules whose weights multiply few rows at inference (see `strhub.models.layout`)."""
         return ()
 
+    def blocks(self) -> List[nn.Module]:
+        """The encoders' transformer blocks, each called as a module with all of its weights: the units
+        that FSDP shards and that `set_grad_checkpointing(encoder=True)` recomputes."""
+        raise NotImplementedError
+
+    def set_grad_checkpointing(self, encoder: bool = True, decoder: bool = False) -> None:
+        """Recomputes the trained encoder blocks (and, with `decoder`, the decoder layers) in the backward
+        pass instead of keeping their activations: the same loss and gradients, less memory."""
+        raise NotImplementedError
+
     def train(self, mode: bool = True) -> "Recognizer":
         """Out of training, the weights of `few_row_modules` are stored input-major."""
         super().train(mode)
@@ -102,6 +112,13 @@ class PARSeqRecognizer(Recognizer, CharDecoder):
 
     def few_row_modules(self) -> Sequence[nn.Module]:
         return (self.decoder, self.head)
+
+    def set_grad_checkpointing(self, encoder: bool = True, decoder: bool = False) -> None:
+        self.set_encoder_checkpointing(encoder)
+        self.grad_checkpointing = decoder
+
+    def set_encoder_checkpointing(self, enable: bool) -> None:
+        raise NotImplementedError
 
     def named_decoders(self) -> Dict[str, CharDecoder]:
         return {"decoder": self}

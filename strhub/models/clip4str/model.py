@@ -91,6 +91,19 @@ class CLIP4STR(Recognizer):
         return [module for module in (self.text_tower.module, self.visual_decoder, self.cross_decoder)
                 if module is not None]
 
+    def decoders(self) -> List[Decoder]:
+        return [decoder for decoder in (self.visual_decoder, self.cross_decoder) if decoder is not None]
+
+    def blocks(self) -> List[nn.Module]:
+        return [*self.clip_model.visual.transformer.resblocks, *self.text_tower.blocks]
+
+    def set_grad_checkpointing(self, encoder: bool = True, decoder: bool = False) -> None:
+        """Both CLIP towers' blocks (open_clip's `set_grad_checkpointing`, which our towers honour) and the two
+        decoders' layers."""
+        self.clip_model.set_grad_checkpointing(encoder)
+        for module in self.decoders():
+            module.grad_checkpointing = decoder
+
     def train(self, mode: bool = True) -> "CLIP4STR":
         """Frozen CLIP blocks stay in eval mode."""
         super().train(mode)
@@ -119,8 +132,12 @@ class CLIP4STR(Recognizer):
         """For each tensor of visual logits (N, L, C), the cross decoder's keys and values of the text
         part of its memory: the CLIP encoding of the captions read off the logits. The captions of
         all the tensors are encoded together."""
-        captions = [caption for logits in visual_logits for caption in self.captions(logits)]
-        text_kv = self.cross_decoder.memory_kv(self.encode_captions(captions, visual_logits[0].device))
+        if visual_logits[0].is_meta:
+            features = self.encode_caption_ids(self.planning_caption_ids(visual_logits))
+        else:
+            captions = [caption for logits in visual_logits for caption in self.captions(logits)]
+            features = self.encode_captions(captions, visual_logits[0].device)
+        text_kv = self.cross_decoder.memory_kv(features)
         sizes = [len(logits) for logits in visual_logits]
         parts = [list(zip(key.split(sizes), value.split(sizes))) for key, value in text_kv]
         return [[layer[i] for layer in parts] for i in range(len(sizes))]
@@ -129,6 +146,14 @@ class CLIP4STR(Recognizer):
         """The captions read off visual logits (N, L, C), as the original reads them (their argmax, which is that
         of their softmax: no softmax over the charset is needed)."""
         return self.tokenizer.decode_fast(visual_logits.detach(), self.charset_adapter)[0]
+
+    def planning_caption_ids(self, visual_logits: List[Tensor]) -> Tensor:
+        """For logits without values (the meta device, on which training memory is planned): CLIP token ids, on the
+        host, of captions that fill the context and share no prefix, the most memory the text encoder can take."""
+        count = sum(len(logits) for logits in visual_logits)
+        token_ids = torch.arange(1, count + 1).unsqueeze(1).expand(-1, self.context_length).clone()
+        token_ids[:, 0], token_ids[:, -1] = self.caption_tokenizer.sot_token_id, self.caption_tokenizer.eot_token_id
+        return token_ids
 
     def encode_captions(self, captions: List[str], device: torch.device) -> Tensor:
         """Text features of the captions: those of every token position (N, context_length, D), the tower's

@@ -27,7 +27,8 @@ class CLIP4STRSystem(PLMSystem):
                  cross_token_embeding: bool, image_freeze_nlayer: int, text_freeze_nlayer: int,
                  use_share_dim: bool, clip_cls_eot_feature: bool, coef_lr: float, coef_wd: float,
                  find_unused_parameters: bool = True, compile_encoder: bool = False,
-                 text_tower: Optional[Dict[str, Any]] = None, **kwargs: Any) -> None:
+                 text_tower: Optional[Dict[str, Any]] = None, grad_checkpointing: bool = False,
+                 grad_checkpointing_decoder: bool = False, compile_train_step: bool = False, **kwargs: Any) -> None:
         super().__init__(charset_train, charset_test, batch_size, lr, warmup_pct, weight_decay, perm_num,
                          perm_forward, perm_mirrored)
         tower, arch = create_text_tower(clip_pretrained, clip_arch, img_size, text_tower, context_length)
@@ -40,6 +41,7 @@ class CLIP4STRSystem(PLMSystem):
                               cross_token_embeding, image_freeze_nlayer, text_freeze_nlayer)
         if compile_encoder:
             self.model.compile_image_encoder()
+        self.set_training_options(grad_checkpointing, grad_checkpointing_decoder, compile_train_step)
         self.cross_gt_context = cross_gt_context
         self.cross_cloze_mask = cross_cloze_mask
         self.cross_loss_w = cross_loss_w

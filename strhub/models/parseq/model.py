@@ -2,7 +2,7 @@
 Attribute names follow the original checkpoints (`encoder.*`, `decoder.*`, `head.*`, `text_embed.*`,
 `pos_queries`; CLIP4STR's PARSeq-B adds `proj.*`), so baudm/parseq's released weights load as they are."""
 import inspect
-from typing import Any, Dict, Mapping, Optional, Sequence, Set, Tuple
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Set, Tuple
 
 from timm.models.vision_transformer import VisionTransformer
 from torch import Tensor, nn
@@ -42,6 +42,12 @@ class PARSeq(PARSeqRecognizer):
 
     def encode(self, images: Tensor) -> Tensor:
         return self.proj(self.encoder.forward_features(images))
+
+    def blocks(self) -> List[nn.Module]:
+        return list(self.encoder.blocks)
+
+    def set_encoder_checkpointing(self, enable: bool) -> None:
+        self.encoder.set_grad_checkpointing(enable)
 
     def no_weight_decay(self) -> Set[str]:
         """Parameters that timm's optimizer factory leaves without weight decay (besides 1-D ones)."""

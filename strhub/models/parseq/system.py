@@ -16,13 +16,15 @@ class PARSeqSystem(PLMSystem):
                  embed_dim: int, enc_num_heads: int, enc_mlp_ratio: float, enc_depth: int, dec_num_heads: int,
                  dec_mlp_ratio: int, dec_depth: int, perm_num: int, perm_forward: bool, perm_mirrored: bool,
                  decode_ar: bool, refine_iters: int, dropout: float, find_unused_parameters: bool = False,
-                 **kwargs: Any) -> None:
+                 grad_checkpointing: bool = False, grad_checkpointing_decoder: bool = False,
+                 compile_train_step: bool = False, **kwargs: Any) -> None:
         super().__init__(charset_train, charset_test, batch_size, lr, warmup_pct, weight_decay, perm_num,
                          perm_forward, perm_mirrored)
         self.save_hyperparameters()
         self.model = PARSeq(charset_train, charset_test, max_label_length, img_size, patch_size, embed_dim,
                             enc_num_heads, enc_mlp_ratio, enc_depth, dec_num_heads, dec_mlp_ratio, dec_depth, dropout,
                             decode_ar, refine_iters)
+        self.set_training_options(grad_checkpointing, grad_checkpointing_decoder, compile_train_step)
         self.find_unused_parameters = find_unused_parameters
 
     def configure_optimizers(self) -> Dict[str, Any]:

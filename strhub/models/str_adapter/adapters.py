@@ -13,14 +13,16 @@ from open_clip.model import CLIP
 from open_clip.transformer import LayerNorm, QuickGELU, ResidualAttentionBlock
 from torch import Tensor, nn
 
-from strhub.models.clip import residual_block
+from strhub.models.clip import ClipBlock, RunsResidualBlock
 from strhub.models.decoder import init_decoder_weights
 
 
 class Adapter(nn.Module):
-    """An adapter: `forward(memory, block_inputs)` maps CLIP's image tokens onto the decoder's memory."""
+    """An adapter: `forward(memory, block_inputs)` maps CLIP's image tokens onto the decoder's memory. With
+    `grad_checkpointing`, its attention blocks are recomputed in the backward pass."""
 
     block_ids: List[int] = []
+    grad_checkpointing = False
 
     def forward(self, memory: Tensor, block_inputs: List[Tensor]) -> Tensor:
         raise NotImplementedError
@@ -53,11 +55,11 @@ class AttentionAdapter(Adapter):
 
     def __init__(self, width: int, num_heads: int) -> None:
         super().__init__()
-        self.attn = ResidualAttentionBlock(width, num_heads, act_layer=QuickGELU, norm_layer=LayerNorm)
+        self.attn = ClipBlock(width, num_heads, act_layer=QuickGELU, norm_layer=LayerNorm)
         init_decoder_weights(self)
 
     def forward(self, memory: Tensor, block_inputs: List[Tensor]) -> Tensor:
-        return 0.5 * residual_block(self.attn, memory) + 0.5 * memory
+        return 0.5 * self.attn(memory, checkpoint=self.grad_checkpointing) + 0.5 * memory
 
 
 class PrunedAttention(nn.Module):
@@ -75,7 +77,7 @@ class PrunedAttention(nn.Module):
         nn.init.zeros_(self.out_proj.bias)
 
 
-class PrunedBlock(nn.Module):
+class PrunedBlock(RunsResidualBlock):
     """A CLIP residual attention block with width-reduced internals (attention and MLP); the
     residual stream and the LayerNorms keep the full width."""
 
@@ -146,10 +148,9 @@ class LadderAdapter(Adapter):
         x = self.ln_post(x) @ self.proj
         return gates[0] * memory + (1.0 - gates[0]) * x
 
-    @staticmethod
-    def _side(block: nn.Module, x: Tensor) -> Tensor:
+    def _side(self, block: nn.Module, x: Tensor) -> Tensor:
         """A side block on (N, L, D) tokens: a bottleneck, or a (pruned) CLIP residual attention block."""
-        return block(x) if isinstance(block, Bottleneck) else residual_block(block, x)
+        return block(x) if isinstance(block, Bottleneck) else block(x, checkpoint=self.grad_checkpointing)
 
 
 def _chosen_blocks(clip: CLIP, block_ids: Sequence[int]) -> List[ResidualAttentionBlock]:

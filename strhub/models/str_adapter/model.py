@@ -1,13 +1,14 @@
 """STR-Adapter as a plain `nn.Module`: a frozen CLIP image encoder, an adapter on its tokens and
 PARSeq's decoder (the paper's "CLIP + adapter" baseline). Attribute names follow the original's
 state-dict layout (`clip_model.*`, `adapter.*`, `decoder.*`, `head.*`, `text_embed.*`, `pos_queries`)."""
-from typing import Any, Dict, Mapping, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import torch
 from open_clip.model import CLIP
-from torch import Tensor
+from torch import Tensor, nn
 
-from strhub.models.clip import build_on_clip, clip_settings, clip_token_grid, vision_features
+from strhub.models.clip import (RunsResidualBlock, build_on_clip, clip_settings, clip_token_grid,
+                               vision_features)
 from strhub.models.recognizer import PARSeqRecognizer
 from strhub.models.state_dicts import count_blocks
 from strhub.models.str_adapter.adapters import build_adapter
@@ -38,6 +39,15 @@ class STRAdapter(PARSeqRecognizer):
         super().train(mode)
         self.clip_model.eval()
         return self
+
+    def blocks(self) -> List[nn.Module]:
+        """CLIP's blocks (frozen, but sharded all the same) and the adapter's attention blocks."""
+        adapter_blocks = [module for module in self.adapter.modules() if isinstance(module, RunsResidualBlock)]
+        return [*self.clip_model.visual.transformer.resblocks, *self.clip_model.transformer.resblocks, *adapter_blocks]
+
+    def set_encoder_checkpointing(self, enable: bool) -> None:
+        """The adapter's blocks: CLIP computes no gradients, so it keeps no activations."""
+        self.adapter.grad_checkpointing = enable
 
     def encode(self, images: Tensor) -> Tensor:
         with torch.no_grad():

@@ -20,7 +20,8 @@ class STRAdapterSystem(PLMSystem):
                  decode_ar: bool, refine_iters: int, dropout: float, clip_pretrained: Optional[str],
                  clip_arch: Union[str, Dict[str, Any], None], adapter_type: str, block_ids: Sequence[int],
                  prune_reduction: int, coef_lr: float, coef_wd: float, find_unused_parameters: bool = True,
-                 **kwargs: Any) -> None:
+                 grad_checkpointing: bool = False, grad_checkpointing_decoder: bool = False,
+                 compile_train_step: bool = False, **kwargs: Any) -> None:
         super().__init__(charset_train, charset_test, batch_size, lr, warmup_pct, weight_decay, perm_num,
                          perm_forward, perm_mirrored)
         clip_model, arch = create_clip(clip_pretrained, clip_arch, img_size)
@@ -29,6 +30,7 @@ class STRAdapterSystem(PLMSystem):
         self.model = STRAdapter(clip_model, charset_train, charset_test, max_label_length, adapter_type,
                                 list(block_ids), prune_reduction, dec_num_heads, dec_mlp_ratio, dec_depth, dropout,
                                 decode_ar, refine_iters)
+        self.set_training_options(grad_checkpointing, grad_checkpointing_decoder, compile_train_step)
         self.adapter_type = adapter_type
         self.coef_lr = coef_lr
         self.coef_wd = coef_wd
