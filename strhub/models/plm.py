@@ -73,7 +73,11 @@ def permutation_loss(branches: Sequence[Tuple[float, nn.Module, Sequence[Tensor]
         targets = tgt_out if k < 2 else no_eos
         rows = targets != pad_id
         for weight, head, features in branches:
-            ce = F.cross_entropy(head(features[k][rows]), targets[rows], reduction="sum")
+            if features[k].is_meta:  # the memory planner's profile has no values to pick rows by: every position
+                ce = F.cross_entropy(head(features[k]).flatten(end_dim=1), targets.flatten(), ignore_index=pad_id,
+                                     reduction="sum")
+            else:
+                ce = F.cross_entropy(head(features[k][rows]), targets[rows], reduction="sum")
             loss = loss + weight * ce
         numel = numel + rows.sum()
     return loss / numel
