@@ -57,7 +57,7 @@ def main(argv: Optional[List[str]] = None) -> None:
     parser.add_argument("--threads", type=int, default=0, help="intra-op threads of both (0: PyTorch's default)")
     parser.add_argument("--export-dir", type=Path, help="where to write the export (default: a temporary folder)")
     args = parser.parse_args(argv)
-    args.compile = False  # what build_plain reads
+    args.compile, args.charset_file = False, None  # what build_plain reads (the weights keep their charset)
     threads = args.threads or torch.get_num_threads()
     torch.set_num_threads(threads)
     reuse_freed_memory()

@@ -7,10 +7,11 @@ the plain model, as `read.py` does, without importing Lightning. Weights are
 random (or read from `--weights`, a checkpoint or a state dict in the original's layout, so that other
 implementations can be measured on the very same weights). Inputs are fixed by `--seed`: images
 `randn(B, 3, H, W)` clamped to [-1, 1] with generator seed + B; labels random over the training
-charset, 1 to 25 characters, the first 25.
+charset, 1 to 25 characters (or to --label-length), the first that long.
 
     python bench_speed.py                      # B/16, 224x224, fp32, batches 1 and 8, training at 8
     python bench_speed.py --device cuda --precision bf16 --batches 1 256 --train-batch 128
+    python bench_speed.py --experiment tiny --charset-file chars.txt --train-batch 64   # a large charset
     python bench_speed.py --experiment parseq --batches 1 64
 """
 import argparse
@@ -24,6 +25,7 @@ from typing import Any, Callable, Dict, List, Optional
 import torch
 
 from strhub.cli import autocast_context, reuse_freed_memory
+from strhub.data.utils import load_charset
 from strhub.memory import peak_memory, reset_peak_memory
 from strhub.models.checkpoint import load_model
 from strhub.models.recognizer import Recognizer
@@ -70,6 +72,14 @@ def training_labels(charset: str, count: int, max_length: int, seed: int) -> Lis
     return labels
 
 
+def charset_overrides(args: argparse.Namespace) -> Dict[str, str]:
+    """`charset_train` and `charset_test` from `--charset-file`, or nothing (the config's charsets)."""
+    if not args.charset_file:
+        return {}
+    charset = load_charset(args.charset_file)
+    return {"charset_train": charset, "charset_test": charset}
+
+
 def build_plain(args: argparse.Namespace) -> Recognizer:
     """The plain model, as inference uses it (Lightning is not imported)."""
     if args.weights:
@@ -77,7 +87,8 @@ def build_plain(args: argparse.Namespace) -> Recognizer:
     else:
         torch.manual_seed(0)
         config = model_config(args.experiment)
-        model = experiment_family(args.experiment).build_model({**config, **without_weight_files(config)})
+        model = experiment_family(args.experiment).build_model({**config, **without_weight_files(config),
+                                                                **charset_overrides(args)})
     if args.compile:
         compile_encoder(model)
     return model
@@ -97,7 +108,8 @@ def build_system(args: argparse.Namespace):
         system = load_from_checkpoint(args.weights)
     else:
         torch.manual_seed(0)
-        system = create_model(args.experiment, **without_weight_files(model_config(args.experiment)))
+        system = create_model(args.experiment, **without_weight_files(model_config(args.experiment)),
+                              **charset_overrides(args))
     system.model.set_grad_checkpointing(args.grad_checkpointing, args.grad_checkpointing_decoder)
     if args.compile:
         compile_encoder(system.model)
@@ -124,7 +136,8 @@ def measure(args: argparse.Namespace, task: str, batch: int, queue: mp.Queue) ->
         result["encoder_seconds"] = statistics.median(encoder)
         result["after_encoder_seconds"] = statistics.median(t - e for t, e in zip(totals, encoder))
     else:
-        labels = training_labels(model.hparams.charset_train, batch, model.hparams.max_label_length, args.seed)
+        max_length = min(args.label_length or model.hparams.max_label_length, model.hparams.max_label_length)
+        labels = training_labels(model.hparams.charset_train, batch, max_length, args.seed)
         params = [p for p in model.parameters() if p.requires_grad]
         optimizer = torch.optim.AdamW(params, lr=1e-5, fused=device.type in ("cuda", "cpu"))
 
@@ -171,10 +184,13 @@ def main(argv: Optional[List[str]] = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--experiment", default="vl4str", help="experiment config (random weights)")
     parser.add_argument("--weights", help="checkpoint to load instead of random weights")
+    parser.add_argument("--charset-file", help="train and test charset, one character per line (random weights only)")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--precision", default="32", choices=["32", "bf16", "16"])
     parser.add_argument("--batches", type=int, nargs="+", default=[1, 8], help="inference batch sizes")
     parser.add_argument("--train-batch", type=int, default=8, help="training batch size (0: skip)")
+    parser.add_argument("--label-length", type=int, default=0,
+                        help="longest training label (0: the model's max_label_length, 25)")
     parser.add_argument("--compile", action="store_true", help="compile the image encoder (torch.compile)")
     parser.add_argument("--grad-checkpointing", action="store_true",
                         help="training: recompute the encoder blocks in the backward pass")
@@ -186,6 +202,8 @@ def main(argv: Optional[List[str]] = None) -> None:
     parser.add_argument("--threads", type=int, default=0, help="CPU threads (0: PyTorch's default)")
     parser.add_argument("--json", help="also write the results to this file")
     args = parser.parse_args(argv)
+    if args.weights and args.charset_file:
+        parser.error("--charset-file sets the charset of random weights; a checkpoint keeps its own")
     results = [run(args, "inference", batch) for batch in args.batches]
     if args.train_batch:
         results.append(run(args, "training", args.train_batch))

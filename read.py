@@ -7,9 +7,10 @@
 
 Folders are searched recursively for .png, .jpg and .jpeg files, printed relative to the folder, in name order;
 files and glob matches are printed as given. The text is the model's raw prediction over its training charset
-(case and punctuation kept); an empty prediction prints as `file: (empty)` (`--json` keeps the raw, empty text).
-A file that cannot be read gets an error line on stderr (exit status 1), and the others are still read. Extra
-arguments `name:type=value` override the model's hyper-parameters (a name the model does not take is refused).
+(case and punctuation kept), in any script, printed in UTF-8 (JSON too, unescaped); an empty prediction prints as
+`file: (empty)` (`--json` keeps the raw, empty text). A file that cannot be read gets an error line on stderr (exit
+status 1), and the others are still read. Extra arguments `name:type=value` override the model's hyper-parameters
+(a name the model does not take is refused).
 """
 import argparse
 import json
@@ -79,7 +80,8 @@ def main() -> None:
     parser.add_argument("--device", default=None, help="torch device (default: cuda when available, else cpu)")
     parser.add_argument("--precision", choices=("32", "bf16", "16"), default="32", help="inference precision")
     parser.add_argument("--confidence", action="store_true", help="append the prediction's confidence (0-1)")
-    parser.add_argument("--json", action="store_true", help="print one JSON list of {file, text, confidence}")
+    parser.add_argument("--json", action="store_true",
+                        help="print one JSON list of {file, text, confidence} (UTF-8 text, not escaped)")
     parser.add_argument("--backend", choices=("torch", "onnx"), default="torch",
                         help="run the checkpoint in PyTorch, or an ONNX export on ONNX Runtime (cpu, or cuda with "
                              "onnxruntime-gpu; the precision is the export's)")
@@ -88,6 +90,7 @@ def main() -> None:
     inputs = args.images + args.images_path
     if not inputs:
         parser.error("give image files, folders or globs (or --images_path DIR)")
+    sys.stdout.reconfigure(encoding="utf-8")  # text in any script, whatever the locale (JSON is UTF-8 by definition)
     reuse_freed_memory()
     try:
         device = default_device(args.device)
@@ -122,7 +125,7 @@ def main() -> None:
         progress.update(len(batch))
     progress.close()
     if args.json:
-        print(json.dumps(records, indent=1))
+        print(json.dumps(records, indent=1, ensure_ascii=False))
     sys.exit(1 if any("error" in record for record in records) else 0)
 
 

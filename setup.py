@@ -21,6 +21,7 @@ setup(
     extras_require={"test": ["pytest>=7"], "onnx": ["onnx>=1.16", "onnxruntime>=1.18"],
                     "multilingual": ["transformers>=5.0,<6", "tokenizers>=0.22"]},
     entry_points={"console_scripts": [
+        "strhub-build-charset = strhub.tools.build_charset:main",
         "strhub-create-lmdb = strhub.tools.create_lmdb:main",
         "strhub-inspect-lmdb = strhub.tools.inspect_lmdb:main",
         "strhub-render-words = strhub.tools.render_words:main",

@@ -2,6 +2,7 @@
 """Evaluates a checkpoint on the scene-text benchmarks under DATA_ROOT/test and prints the original's tables.
 
     python test.py outputs/vl4str/<run>/checkpoints/last.ckpt --data_root data [--new] [refine_iters:int=2]
+    python test.py outputs/vl4str-tiny/<run> --data_root data/zh --datasets synth --full_charset
     python test.py CHECKPOINT --union14m --ost --ltb --protocol parseq --groups my_groups.yaml
 
 A run folder instead of a file picks its best checkpoint by validation accuracy. The tables are test groups
@@ -30,6 +31,10 @@ def main() -> None:
                         help="data-loading processes (default: 4, or the usable CPUs if fewer: %(default)s here)")
     parser.add_argument("--cased", action="store_true", help="compare case (adds upper case to the test charset)")
     parser.add_argument("--punctuation", action="store_true", help="compare punctuation (adds it to the charset)")
+    parser.add_argument("--full_charset", action="store_true",
+                        help="any script: keep labels as written (NFC) and compare every character of the model's "
+                             "charset, case included (instead of lowercase alphanumerics)")
+    parser.add_argument("--ignore_case", action="store_true", help="with --full_charset: compare in lower case")
     parser.add_argument("--new", action="store_true", help="also evaluate the new benchmarks (ArT, COCOv1.4, Uber)")
     parser.add_argument("--protocol", default=DEFAULT_PROTOCOL,
                         help="the base tables: clip4str (the original's), parseq (with IC13-857 and IC15-1811), "
@@ -50,6 +55,10 @@ def main() -> None:
                         help="write every sample to DIR/samples.csv and each benchmark's misread images to contact "
                              "sheets in DIR/<benchmark>/, most confident first")
     args, unknown = parser.parse_known_args()
+    if args.full_charset and (args.cased or args.punctuation):
+        parser.error("--full_charset compares case and punctuation already; drop --cased and --punctuation")
+    if args.ignore_case and not args.full_charset:
+        parser.error("--ignore_case goes with --full_charset (the default protocol ignores case already)")
     try:
         kwargs = parse_model_args(unknown)
     except ValueError as err:

@@ -309,6 +309,7 @@ def train(config: DictConfig, cleanup: StartCleanup) -> None:
             log.warning("No training curves drawn: %s", err)
         if config.test_after_train:
             evaluate_checkpoint(Path(best_path), Path(config.data.root_dir), new=True,
+                                full_charset=config.test_full_charset,
                                 device=str(trainer.strategy.root_device))
 
 

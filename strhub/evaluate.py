@@ -1,6 +1,11 @@
 """Benchmark evaluation of a checkpoint, as test.py reports it: per-dataset metrics, the original's
 Markdown tables for each test group (strhub.benchmarks), and the Markdown, JSON and CSV files written beside the
-checkpoint."""
+checkpoint.
+
+Two protocols: the original's (labels folded to ASCII, words compared on lowercase alphanumerics,
+optionally with case and punctuation), and the full-charset one for any script (labels as written in
+NFC, compared on every character of the model's charset, optionally ignoring case). Both compute
+1 - NED on code points."""
 import csv
 import functools
 import hashlib
@@ -10,16 +15,18 @@ import string
 import time
 from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence
+from typing import Any, Dict, List, Optional, Sequence
 
 import torch
+from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from strhub.benchmarks import DEFAULT_PROTOCOL, BenchmarkGroup, label_lengths, select_groups
 from strhub.cli import autocast_context, default_device, worker_count
+from strhub.data.dataset import LmdbDataset
 from strhub.data.module import SceneTextDataModule
 from strhub.failures import SampleLog
-from strhub.models.checkpoint import best_checkpoint
+from strhub.models.checkpoint import best_checkpoint, read_model_checkpoint
 from strhub.models.utils import load_from_checkpoint
 
 log = logging.getLogger(__name__)
@@ -47,6 +54,12 @@ def evaluation_charset(cased: bool = False, punctuation: bool = False) -> str:
     if punctuation:
         charset += string.punctuation
     return charset
+
+
+def caseless_charset(charset: str) -> str:
+    """The lower case of every character of `charset`, once each: as a test charset, it folds labels
+    and predictions to lower case (characters without case are unchanged)."""
+    return "".join(dict.fromkeys(charset.lower()))
 
 
 def combine(results: Sequence[Result]) -> Result:
@@ -113,13 +126,13 @@ def format_report(results: Dict[str, Result], groups: Sequence[BenchmarkGroup], 
 
 
 @torch.inference_mode()
-def evaluate(model: torch.nn.Module, datamodule: SceneTextDataModule, names: Sequence[str], device: torch.device,
+def evaluate(model: torch.nn.Module, loaders: Dict[str, DataLoader], device: torch.device,
              precision: str = "32", samples: Optional[SampleLog] = None) -> Dict[str, Result]:
     """Runs `model.test_step` over each dataset's loader (with a progress bar) and aggregates the metrics; images
     that do not decode are left out and counted as skipped. `samples`, if given, collects every sample."""
     results = {}
-    width = max(map(len, names))
-    for name, loader in datamodule.test_dataloaders(names).items():
+    width = max(map(len, loaders))
+    for name, loader in loaders.items():
         total = correct = ned = confidence = label_length = 0.0
         for batch_idx, batch in enumerate(tqdm(loader, desc=f"{name:>{width}}", unit="batch")):
             if batch is None:  # no image of the batch decoded
@@ -147,6 +160,28 @@ def evaluate(model: torch.nn.Module, datamodule: SceneTextDataModule, names: Seq
     return results
 
 
+def label_filtering(dataset: LmdbDataset) -> Dict[str, Any]:
+    """What the label filter did to a test set: its records, those kept, the dropped ones per reason,
+    the kept labels that lost characters outside the charset, and the images that did not decode."""
+    return {"records": dataset.total, "kept": len(dataset), "filtered": dict(dataset.filtered),
+            "trimmed": dataset.num_trimmed, "undecodable": dataset.num_skipped}
+
+
+def protocol_charset(checkpoint: Path, overrides: Dict[str, Any], cased: bool, punctuation: bool, full_charset: bool,
+                     ignore_case: bool) -> str:
+    """The test charset of a protocol: the original's (see `evaluation_charset`), or the model's
+    training charset (an override, or else the checkpoint's), folded to lower case when `ignore_case`."""
+    if not full_charset:
+        if ignore_case:
+            raise ValueError("ignore_case applies to the full-charset protocol; the default one ignores case already")
+        return evaluation_charset(cased, punctuation)
+    if cased or punctuation:
+        raise ValueError("cased and punctuation extend the 36-character protocol; full_charset compares every "
+                         "character of the model's charset already")
+    charset = overrides.get("charset_train") or read_model_checkpoint(checkpoint, overrides)[2]["charset_train"]
+    return caseless_charset(charset) if ignore_case else charset
+
+
 def report_stem(checkpoint: Path, selection: str, settings: Dict[str, object]) -> str:
     """The report files' path without suffix: the checkpoint's, the selection of groups and a digest of the
     settings the numbers depend on."""
@@ -166,21 +201,26 @@ def write_csv(path: Path, results: Dict[str, Result], lengths: Dict[str, int], c
 
 
 def evaluate_checkpoint(checkpoint: Path, data_root: Path, batch_size: int = 512, num_workers: Optional[int] = None,
-                        cased: bool = False, punctuation: bool = False, new: bool = False, rotation: int = 0,
-                        openai_meanstd: bool = False, device: Optional[str] = None, precision: str = "32",
-                        model_kwargs: Optional[dict] = None, datasets: Sequence[str] = (),
-                        protocol: str = DEFAULT_PROTOCOL, groups: Sequence[str] = (),
-                        errors: Optional[Path] = None) -> str:
+                        cased: bool = False, punctuation: bool = False, full_charset: bool = False,
+                        ignore_case: bool = False, new: bool = False, rotation: int = 0, openai_meanstd: bool = False,
+                        device: Optional[str] = None, precision: str = "32", model_kwargs: Optional[dict] = None,
+                        datasets: Sequence[str] = (), protocol: str = DEFAULT_PROTOCOL,
+                        groups: Sequence[str] = (), errors: Optional[Path] = None) -> str:
     """Evaluates a checkpoint (a file, or a run folder whose best checkpoint is taken) on the test sets under
     `data_root/test` of the protocol's groups, `new`'s and the extra `groups` (names in configs/test_groups or
     YAML files; see strhub.benchmarks), or on the named `datasets` there as one `Test` group. Prints the report
     and writes it beside the checkpoint as `<checkpoint>.log_<selection>.<settings>.md`, `.json` and `.csv` (one
     row per dataset); the default selection is named `new<new>`, and `<settings>` is a digest of what the numbers
-    depend on (data root, test sets, charset, transforms, batch size, precision, model overrides), so that
-    different evaluations never overwrite each other. Images are normalised with mean = std = 0.5 as in the
-    original's test protocol, or with CLIP's mean/std when `openai_meanstd`. `num_workers` data-loading processes
-    (default: 4, or the usable CPUs if fewer). With `errors`, every sample goes to `errors/samples.csv` and each
-    benchmark's misread images to contact sheets in `errors/<benchmark>/`."""
+    depend on (data root, test sets, charset, label settings, transforms, batch size, precision, model overrides),
+    so that different evaluations never overwrite each other. Images are normalised with mean = std = 0.5 as in
+    the original's test protocol, or with CLIP's mean/std when `openai_meanstd`. `num_workers` data-loading
+    processes (default: 4, or the usable CPUs if fewer). With `errors`, every sample goes to `errors/samples.csv`
+    and each benchmark's misread images to contact sheets in `errors/<benchmark>/`.
+
+    With `full_charset`, labels are kept as written (NFC; whitespace too when the model's charset holds
+    it) and compared on the model's whole training charset, which also filters the cross-modal
+    branch's captions; `ignore_case` folds both sides to lower case. Otherwise labels are folded to
+    ASCII and compared on lowercase alphanumerics, plus upper case (`cased`) and punctuation."""
     selection, test_groups = select_groups(protocol, new, groups, datasets)
     if checkpoint.is_dir():
         checkpoint = best_checkpoint(checkpoint)
@@ -189,16 +229,19 @@ def evaluate_checkpoint(checkpoint: Path, data_root: Path, batch_size: int = 512
         raise FileNotFoundError(f"checkpoint not found: {checkpoint}")
     device = default_device(device)
     num_workers = worker_count(4) if num_workers is None else num_workers
-    kwargs = dict(model_kwargs or {}, charset_test=evaluation_charset(cased, punctuation))
+    kwargs = dict(model_kwargs or {})
+    kwargs["charset_test"] = protocol_charset(checkpoint, kwargs, cased, punctuation, full_charset, ignore_case)
     model = load_from_checkpoint(str(checkpoint), **kwargs).eval().to(device)
     hp = model.hparams
+    remove_whitespace = not (full_charset and any(char.isspace() for char in hp.charset_test))
     lengths = label_lengths(test_groups, hp.max_label_length)
 
     @functools.lru_cache(maxsize=None)
     def datamodule(max_label_length: int) -> SceneTextDataModule:
         return SceneTextDataModule(str(data_root), "_unused_", hp.img_size, max_label_length, hp.charset_train,
-                                   hp.charset_test, batch_size, num_workers, False, rotation=rotation,
-                                   test_openai_meanstd=openai_meanstd)
+                                   hp.charset_test, batch_size, num_workers, False,
+                                   remove_whitespace=remove_whitespace, normalize_unicode=not full_charset,
+                                   rotation=rotation, test_openai_meanstd=openai_meanstd)
 
     present, missing = datamodule(hp.max_label_length).split_test_names(sorted(lengths))
     if not present:
@@ -209,11 +252,11 @@ def evaluate_checkpoint(checkpoint: Path, data_root: Path, batch_size: int = 512
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     start = time.perf_counter()
-    results: Dict[str, Result] = {}
-    sample_log = SampleLog() if errors is not None else None
+    loaders: Dict[str, DataLoader] = {}
     for length in sorted(set(lengths[name] for name in present)):
-        names = [name for name in present if lengths[name] == length]
-        results.update(evaluate(model, datamodule(length), names, device, precision, sample_log))
+        loaders.update(datamodule(length).test_dataloaders([name for name in present if lengths[name] == length]))
+    sample_log = SampleLog() if errors is not None else None
+    results = evaluate(model, loaders, device, precision, sample_log)
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     seconds = time.perf_counter() - start
@@ -222,10 +265,11 @@ def evaluate_checkpoint(checkpoint: Path, data_root: Path, batch_size: int = 512
 
     report = format_report(results, test_groups, seconds)
     settings = {"data_root": str(data_root.resolve()), "datasets": sorted(results), "charset_test": hp.charset_test,
+                "normalize_unicode": not full_charset, "remove_whitespace": remove_whitespace,
                 "rotation": rotation, "openai_meanstd": openai_meanstd, "batch_size": batch_size,
                 "precision": precision, "model_kwargs": model_kwargs or {}}
     stem = report_stem(checkpoint, selection, settings)
-    Path(f"{stem}.md").write_text(report)
+    Path(f"{stem}.md").write_text(report, encoding="utf-8")
     samples = sum(r.num_samples for r in results.values())
     evaluated = [group for group in test_groups if any(n in results for n in group.folders)]
     summary = {
@@ -236,11 +280,12 @@ def evaluate_checkpoint(checkpoint: Path, data_root: Path, batch_size: int = 512
         "averages": {group.name: asdict(average(group_rows(results, group))) for group in evaluated if group.average},
         "tables": {group.name: [[label, folder] for label, folder in group.datasets] for group in evaluated},
         "max_label_length": {name: lengths[name] for name in results},
+        "label_filtering": {name: label_filtering(loader.dataset) for name, loader in loaders.items()},
         "missing": missing,
         "time": {"total_s": seconds, "average_ms": 1000 * seconds / samples, "samples": samples,
                  "images_per_s": samples / seconds},
     }
-    Path(f"{stem}.json").write_text(json.dumps(summary, indent=2) + "\n")
+    Path(f"{stem}.json").write_text(json.dumps(summary, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
     write_csv(Path(f"{stem}.csv"), results, lengths,
               {"checkpoint": str(checkpoint), "selection": selection, **settings, "device": str(device)})
     print(report, end="")

@@ -1,4 +1,5 @@
 """bench_speed.py measures inference and training in fresh processes and prints one line each."""
+import argparse
 import json
 import re
 import subprocess
@@ -29,6 +30,16 @@ def test_bench_speed_reports_every_measurement(tmp_path: Path) -> None:
         assert result["peak_memory_mib"] > 100
 
 
+def test_a_charset_file_sets_both_charsets_of_random_weights(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.syspath_prepend(str(REPO))
+    import bench_speed
+
+    (tmp_path / "chars.txt").write_text("".join(f"{chr(0x4E00 + i)}\n" for i in range(6000)), encoding="utf-8")
+    overrides = bench_speed.charset_overrides(argparse.Namespace(charset_file=str(tmp_path / "chars.txt")))
+    assert overrides["charset_train"] == overrides["charset_test"] and len(overrides["charset_train"]) == 6000
+    assert bench_speed.charset_overrides(argparse.Namespace(charset_file=None)) == {}
+    with pytest.raises(SystemExit):
+        bench_speed.main(["--weights", "model.ckpt", "--charset-file", str(tmp_path / "chars.txt")])
 def test_bench_speed_measures_a_checkpoint_of_another_family(tmp_path: Path) -> None:
     torch.manual_seed(0)
     system = create_model("str_adapter-mini")

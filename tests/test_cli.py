@@ -12,11 +12,14 @@ from typing import Dict, List
 
 import pytest
 import torch
+from nltk import edit_distance
 
+from multiscript import SCRIPT_WORDS, gb2312_level1, script_fonts
 from strhub.benchmarks import BenchmarkGroup
-from strhub.evaluate import Result, evaluate_checkpoint, format_report, format_table
+from strhub.evaluate import Result, caseless_charset, evaluate_checkpoint, format_report, format_table, protocol_charset
 from strhub.models.checkpoint import best_checkpoint
 from strhub.models.utils import create_model
+from strhub.tools import render_words
 from strhub.tools.create_lmdb import write_lmdb
 
 REPO = Path(__file__).resolve().parents[1]
@@ -38,6 +41,20 @@ class Payload:
 def run(args: List[str], env: Dict[str, str] = None) -> subprocess.CompletedProcess:
     return subprocess.run(args, cwd=REPO, capture_output=True, text=True, timeout=900,
                           env=dict(os.environ, **(env or {})))
+
+
+@pytest.fixture(scope="module")
+def cjk_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The `tiny` experiment over digits and the 3,755 level-1 Chinese characters, random weights but for heads
+    that read 中 at every position."""
+    torch.manual_seed(0)
+    charset = "0123456789" + gb2312_level1()
+    model = create_model("tiny", charset_train=charset, charset_test=charset)
+    for decoder in (model.model.visual_decoder, model.model.cross_decoder):
+        decoder.head.bias.data[charset.index("中") + 1] = 100.0  # id 0 is EOS
+    path = tmp_path_factory.mktemp("checkpoint") / "tiny-zh.ckpt"
+    torch.save({"state_dict": model.state_dict(), "hyper_parameters": dict(model.hparams)}, path)
+    return path
 
 
 @pytest.fixture(scope="module")
@@ -222,3 +239,62 @@ def test_test_py_read_py_and_bench_py_take_every_family(experiment: str, svt_roo
     total = sum(p.numel() for p in model.parameters()) / 1e6
     assert f"Model: {model.hparams.name}," in proc.stdout and f"Parameters: {total:.2f} M total" in proc.stdout
     assert float(re.search(r"FLOPs \(batch 1\): ([\d.]+) GFLOPs", proc.stdout).group(1)) > 0
+
+
+def test_test_py_full_charset_on_rendered_chinese_counts_the_set_minus_the_drops(cjk_checkpoint: Path,
+                                                                                   tmp_path: Path) -> None:
+    charset = "0123456789" + gb2312_level1()
+    fonts = [font for font in script_fonts() if "wqy" in font]
+    renderer = render_words.WordRenderer(charset, [Path(f) for f in fonts], SCRIPT_WORDS["Han"], 32, 0, 1, 12,
+                                         (30, 40), "png", seed=0, word_share=0.8, vertical=0.3)
+    records = list(render_words.render_split(renderer, "test", 30))
+    image = records[0][0]
+    # Too long, empty, trimmed, a space (removed: the charset has none), and the label nearest what the model reads.
+    extra = [(image, "中" * 26), (image, "★☆"), (image, "北京★"), (image, "中 国"), (image, "中" * 25)]
+    write_lmdb(tmp_path / "test" / "synth", records + extra)
+    proc = run([sys.executable, "test.py", str(cjk_checkpoint), "--data_root", str(tmp_path), "--datasets", "synth",
+                "--full_charset", "--device", "cpu", "--num_workers", "0", "--batch_size", "8"])
+    assert proc.returncode == 0, proc.stderr
+    assert "synth: 33 of 35 records kept (filtered too long: 1, empty: 1); 1 labels lost characters outside " \
+           "the charset ('★' 1)" in proc.stderr
+    assert re.search(r"^\| synth    \|        33 \|", proc.stdout, re.M) and "Total samples 33." in proc.stdout
+    (report,) = cjk_checkpoint.parent.glob(f"{cjk_checkpoint.name}.log_datasets_synth.*.json")
+    summary = json.loads(report.read_text(encoding="utf-8"))
+    assert summary["label_filtering"]["synth"] == {"records": 35, "kept": 33, "filtered": {"too_long": 1, "empty": 1},
+                                                   "trimmed": 1, "undecodable": 0}
+    assert summary["charset_test"] == charset and not summary["normalize_unicode"] and summary["remove_whitespace"]
+    result = summary["datasets"]["synth"]
+    reading = "中" * 26  # every position, for want of an EOS
+    kept = [label for _, label in records] + ["北京", "中国", "中" * 25]
+    ned = sum(1 - edit_distance(reading, label) / len(reading) for label in kept) / len(kept)  # on code points
+    assert result["accuracy"] == 0 and result["label_length"] == 26 and result["ned"] == pytest.approx(100 * ned)
+    default = run([sys.executable, "test.py", str(cjk_checkpoint), "--data_root", str(tmp_path), "--datasets",
+                   "synth", "--device", "cpu", "--num_workers", "0"])
+    numbers = sum(label.isdigit() for _, label in records)  # the 36-character protocol deletes every other label
+    assert default.returncode == 0 and 0 < numbers < 30
+    assert f"synth: {numbers} of 35 records kept (filtered empty: {35 - numbers})" in default.stderr
+
+
+def test_full_charset_protocol_charsets(checkpoint: Path) -> None:
+    charset_train = create_model("tiny").hparams.charset_train
+    assert protocol_charset(checkpoint, {}, False, False, False, False) == "0123456789abcdefghijklmnopqrstuvwxyz"
+    assert protocol_charset(checkpoint, {}, False, False, True, False) == charset_train
+    assert protocol_charset(checkpoint, {"charset_train": "AbΩω"}, False, False, True, True) == "abω"
+    assert caseless_charset("AaÉéΣσİ中") == "aéσi\u0307中"  # each case once; İ lowers to i and a combining dot
+    with pytest.raises(ValueError, match="ignore_case applies to the full-charset protocol"):
+        protocol_charset(checkpoint, {}, False, False, False, True)
+    with pytest.raises(ValueError, match="cased and punctuation extend the 36-character protocol"):
+        protocol_charset(checkpoint, {}, True, False, True, False)
+    for flags, message in ((["--full_charset", "--cased"], "drop --cased and --punctuation"),
+                           (["--ignore_case"], "--ignore_case goes with --full_charset")):
+        proc = run([sys.executable, "test.py", str(checkpoint), *flags])
+        assert proc.returncode == 2 and message in proc.stderr
+
+
+def test_read_py_prints_text_in_any_script_unescaped(cjk_checkpoint: Path) -> None:
+    image = str(TEST_IMAGES / "demo_1.png")
+    plain = run([sys.executable, "read.py", str(cjk_checkpoint), image, "--device", "cpu"], env={"LC_ALL": "C"})
+    assert plain.returncode == 0 and plain.stdout == f"{image}: {'中' * 26}\n"  # every position, for want of an EOS
+    proc = run([sys.executable, "read.py", str(cjk_checkpoint), image, "--device", "cpu", "--json"])
+    assert proc.returncode == 0 and f'"text": "{"中" * 26}"' in proc.stdout and "\\u" not in proc.stdout
+    assert json.loads(proc.stdout)[0]["text"] == "中" * 26

@@ -63,6 +63,16 @@ def test_charsets_datasets_and_charset_file(tmp_path: Path) -> None:
     (tmp_path / "chars.txt").write_text("a\nb\nc\n")
     config = composed("main", "charset=file", f"charset_file={tmp_path / 'chars.txt'}")
     assert config["model"]["charset_train"] == config["data"]["charset_train"] == "abc"
+    assert config["data"]["normalize_unicode"] and not config["test_full_charset"]
+
+
+def test_unicode_charset_keeps_labels_as_written_and_tests_on_the_whole_charset(tmp_path: Path) -> None:
+    (tmp_path / "chars.txt").write_text("中\n文\n \nя\nÉ\n", encoding="utf-8")
+    config = composed("main", "charset=unicode", f"charset_file={tmp_path / 'chars.txt'}",
+                      "data.remove_whitespace=false")
+    model, data = config["model"], config["data"]
+    assert model["charset_train"] == model["charset_test"] == data["charset_train"] == data["charset_test"] == "中文 яÉ"
+    assert not data["normalize_unicode"] and not data["remove_whitespace"] and config["test_full_charset"]
 
 
 def test_bench_config_runs_in_place() -> None:

@@ -11,8 +11,8 @@ import pytest
 from PIL import Image
 from torch.utils.data import DataLoader
 
-from strhub.data.dataset import (LmdbDataset, build_tree_dataset, find_lmdbs, lmdb_datasets, skip_corrupt_collate,
-                                 to_rgb)
+from strhub.data.dataset import (LmdbDataset, build_tree_dataset, check_label_settings, find_lmdbs, lmdb_datasets,
+                                 skip_corrupt_collate, to_rgb)
 from strhub.data.utils import CHARSET_36, CHARSET_94, load_charset
 from strhub.tools.create_lmdb import write_lmdb
 
@@ -67,7 +67,8 @@ def test_charset_adapter_lowercases_and_removes_then_empty_labels_drop(tmp_path)
     assert dataset.labels == ["helloworld42", "ecole"]
     assert dataset.filtered == {"empty": 1} and dataset.num_trimmed == 1
     assert dataset.summary.endswith("2 of 3 records kept (filtered empty: 1); 1 labels lost characters outside the "
-                                    "charset")
+                                    "charset (',' 1, '-' 1, '!' 1)")
+    assert dataset.removed == {",": 1, "-": 1, "!": 1}
 
 
 def test_min_image_dim_drops_small_images(tmp_path):
@@ -88,6 +89,54 @@ def test_unicode_switch_keeps_cjk_labels_with_a_charset_file(tmp_path):
     assert len(LmdbDataset(root, charset, 25)) == 0  # the original's NFKD-to-ASCII deletes all of them
     kept = LmdbDataset(root, charset, 25, normalize_unicode=False)
     assert kept.labels == ["東京", "中文", "한국어", "é"]  # NFC composes e + U+0301 into the charset's é
+
+
+LABELS_IN_SCRIPTS = ["北京站", "東京タワー", "서울역", "مرحبا بكم", "שלום", "नमस्ते दुनिया", "বাংলা", "தமிழ்", "ภาษาไทย",
+                     "Москва", "Ελλάδα", "Tiếng Việt", "Ærø", "ǅemal", "𠀋𠂉"]  # NFC; spaces kept; a non-BMP pair
+
+
+def test_labels_in_every_script_round_trip_byte_exact(tmp_path):
+    charset = "".join(dict.fromkeys("".join(LABELS_IN_SCRIPTS)))
+    root = make_lmdb(tmp_path / "db", LABELS_IN_SCRIPTS)
+    with lmdb.open(str(root), readonly=True, lock=False) as env, env.begin() as txn:
+        stored = [txn.get(f"label-{i:09d}".encode()) for i in range(1, len(LABELS_IN_SCRIPTS) + 1)]
+    assert stored == [label.encode("utf-8") for label in LABELS_IN_SCRIPTS]
+    dataset = LmdbDataset(root, charset, 25, remove_whitespace=False, normalize_unicode=False)
+    assert [label.encode("utf-8") for label in dataset.labels] == stored
+    assert dataset.filtered == {} and dataset.num_trimmed == 0
+    without_spaces = LmdbDataset(root, charset.replace(" ", ""), 25, normalize_unicode=False)
+    assert without_spaces.labels == [label.replace(" ", "") for label in LABELS_IN_SCRIPTS]
+
+
+def test_characters_outside_a_large_charset_are_counted(tmp_path):
+    charset = "".join(chr(code) for code in range(0x4E00, 0x4E00 + 6000))  # 6,000 CJK ideographs
+    root = make_lmdb(tmp_path / "db", ["一丁七", "一·丁", "Ω一", "ΩΩ", "一" * 26])
+    dataset = LmdbDataset(root, charset, 25, normalize_unicode=False)
+    assert dataset.labels == ["一丁七", "一丁", "一"]
+    assert dataset.filtered == {"empty": 1, "too_long": 1} and dataset.num_trimmed == 2
+    assert dataset.removed == {"·": 1, "ω": 1}  # a charset without case folds labels to lower case first
+    assert dataset.summary.endswith("; 2 labels lost characters outside the charset ('·' 1, 'ω' 1)")
+
+
+def test_label_settings_that_delete_charset_characters_are_refused():
+    check_label_settings(CHARSET_94, remove_whitespace=True, normalize_unicode=True)
+    check_label_settings("中文 ", remove_whitespace=False, normalize_unicode=False)
+    with pytest.raises(ValueError, match=r"2 non-ASCII characters \(e\.g\. '中文'\).*data\.normalize_unicode=false"):
+        check_label_settings("ab中文", remove_whitespace=True, normalize_unicode=True)
+    with pytest.raises(ValueError, match=r"whitespace \(' '\).*data\.remove_whitespace=false"):
+        check_label_settings("ab ", remove_whitespace=True, normalize_unicode=False)
+
+
+def test_charset_file_in_nfc_at_any_size(tmp_path):
+    charset_file = tmp_path / "charset.txt"
+    chars = [chr(code) for code in range(0x4E00, 0x4E00 + 6000)]
+    charset_file.write_text("\ufeff" + "\n".join(["e\u0301", " ", "\u093f", "\u212b"] + chars + ["一"]) + "\n",
+                            encoding="utf-8")  # a BOM, a decomposed é, a space, a vowel sign, the Ångström sign
+    charset = load_charset(str(charset_file))
+    assert charset == "é \u093f\u00c5" + "".join(chars) and len(charset) == 6004
+    charset_file.write_text("a\nq\u0301\n", encoding="utf-8")  # no precomposed q with acute exists
+    with pytest.raises(ValueError, match=r"charset\.txt:2: expected one character per line"):
+        load_charset(str(charset_file))
 
 
 def test_unlabelled_gives_record_numbers(tmp_path):

@@ -64,6 +64,17 @@ def test_train_reads_every_lmdb_below_train_dir_with_the_train_charset(tree):
     assert any(isinstance(t, type(rand_augment_transform())) for t in parts[0].transform.transforms)
 
 
+
+def test_training_in_another_script_keeps_labels_as_written(tmp_path):
+    make_lmdb(tmp_path / "train" / "real", ["北京", "Tiếng Việt", "Café!"])
+    charset = "北京TiếngVệtCafé "
+    with pytest.raises(ValueError, match="data.normalize_unicode=false"):
+        module(tmp_path, charset_train=charset.replace(" ", "")).train_dataset
+    with pytest.raises(ValueError, match="data.remove_whitespace=false"):
+        module(tmp_path, charset_train=charset, normalize_unicode=False).train_dataset
+    dm = module(tmp_path, charset_train=charset, normalize_unicode=False, remove_whitespace=False)
+    assert lmdb_datasets(dm.train_dataset)[0].labels == ["北京", "Tiếng Việt", "Café"]
+
 def test_val_uses_the_test_charset_without_augmentation(tree):
     dm = module(tree)
     assert [dm.val_dataset[i][1] for i in range(2)] == ["val", "one"]

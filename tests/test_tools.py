@@ -1,4 +1,5 @@
 """Command-line tools: folder → LMDB → dataset round trip, LMDB inspection, synthetic word images."""
+import io
 import runpy
 import shutil
 import subprocess
@@ -9,17 +10,18 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from multiscript import SCRIPT_WORDS, WORDS, multiscript_charset, script_fonts
 from strhub.data.dataset import LmdbDataset
 from strhub.data.module import SceneTextDataModule
-from strhub.data.utils import CHARSET_36, CHARSET_94
-from strhub.tools import create_lmdb, inspect_lmdb, render_words
+from strhub.data.utils import CHARSET_36, CHARSET_94, load_charset
+from strhub.tools import build_charset, create_lmdb, inspect_lmdb, render_words
 
 REPO = Path(__file__).resolve().parents[1]
 IMAGES = REPO.parent / "shared" / "data" / "real" / "images"
 
 
-@pytest.mark.parametrize("tool", ["create_lmdb", "inspect_lmdb", "render_words", "filter_lmdb", "build_dataset",
-                                  "compare_runs"])
+@pytest.mark.parametrize("tool", ["create_lmdb", "inspect_lmdb", "render_words", "build_charset", "filter_lmdb",
+                                  "build_dataset", "compare_runs"])
 def test_every_tool_runs_as_a_module_with_help(tool, monkeypatch, capsys):
     monkeypatch.setattr(sys, "argv", [tool, "--help"])
     monkeypatch.delitem(sys.modules, f"strhub.tools.{tool}", raising=False)  # run it fresh, as `python -m` does
@@ -152,3 +154,76 @@ def test_generator_command_line(tmp_path, capsys):
     out = capsys.readouterr().out
     assert f"train: 20 images in {tmp_path / 'train' / 'synth'}" in out and "test:" not in out
     assert set("".join(LmdbDataset(tmp_path / "val", CHARSET_36, 25).labels)) <= set(CHARSET_36)
+
+
+def test_build_charset_from_labels_and_word_lists(tmp_path, capsys):
+    create_lmdb.write_lmdb(tmp_path / "data" / "a", [(b"x", "北京 站"), (b"x", "Cafe\u0301"), (b"x", "مرحبا")])
+    create_lmdb.write_lmdb(tmp_path / "data" / "b", [(b"x", "北 京\t"), (b"x", "ok")])
+    (tmp_path / "words.txt").write_text("नमस्ते\nЁж\n", encoding="utf-8")
+    out = tmp_path / "chars.txt"
+    build_charset.main([str(tmp_path / "data"), "--text", str(tmp_path / "words.txt"), "--out", str(out),
+                        "--add", "36"])
+    others = sorted(set("北京站Caféمرحباनमस्तेЁж") - set(CHARSET_36))
+    assert load_charset(str(out)) == CHARSET_36 + "".join(others)  # NFC, no whitespace, the preset first
+    assert f"wrote {36 + len(others)} characters to {out} (from 2 LMDBs and 1 text files)" in capsys.readouterr().out
+    build_charset.main([str(tmp_path / "data"), "--out", str(out), "--keep-whitespace", "--min-count", "2"])
+    assert load_charset(str(out)) == " 京北"  # the space kept (the tab never), rarer characters left out
+    assert "; 12 seen fewer than 2 times left out: '站Caféمرحباok')" in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        build_charset.main([str(tmp_path / "nothing"), "--out", str(out)])
+    assert "no data.mdb found" in capsys.readouterr().err
+
+
+def script_renderer(**overrides) -> render_words.WordRenderer:
+    settings = dict(charset=multiscript_charset(), fonts=script_fonts(), words=WORDS, height=32, width=0,
+                    min_length=1, max_length=12, font_sizes=(30, 30), image_format="png", seed=0, word_share=1.0)
+    return render_words.WordRenderer(**{**settings, **overrides})
+
+
+def test_words_in_other_scripts_are_kept_as_written_and_unusable_ones_counted(tmp_path):
+    # Two fonts needed, outside the charset, too long, and an NFD word that NFC turns into the charset's é.
+    words = WORDS + ["北京مرحبا", "\U0001F600", "a" * 13, "e\u0301"]
+    renderer = script_renderer(words=words, charset=multiscript_charset() + "é")
+    assert renderer.word_counts == {"used": len(WORDS) + 1, "no single font has all its glyphs": 1,
+                                    "characters outside the charset": 1, "length outside --min-length/--max-length": 1}
+    assert renderer.unusable_words == ["北京مرحبا"] and renderer.uncovered == "" and renderer.words[-1] == "é"
+    written = render_words.generate(tmp_path, {"train": 40}, renderer)
+    labels = LmdbDataset(written["train"], renderer.alphabet, 25, normalize_unicode=False).labels
+    assert len(labels) == 40 and set(labels) <= set(WORDS + ["é"])
+
+
+def test_right_to_left_text_is_shaped():
+    assert render_words.needs_shaping("مرحبا") and render_words.needs_shaping("नमस्ते")  # joining; a virama
+    assert not render_words.needs_shaping("中国 Москва Tiếng") and not render_words.needs_shaping("")
+    renderer = script_renderer(words=SCRIPT_WORDS["Arabic"][:1])
+    shaped = Image.open(io.BytesIO(renderer.render("train", 0)[0]))
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(render_words, "needs_shaping", lambda text: False)
+        unshaped = Image.open(io.BytesIO(renderer.render("train", 0)[0]))
+    assert shaped.height == unshaped.height and shaped.width < 0.9 * unshaped.width  # joined letters are narrower
+
+
+def test_vertical_text_is_for_cjk_only():
+    assert render_words.is_vertical_script("中国서울カタカナ") and not render_words.is_vertical_script("中国a")
+    for word, turned in (("中国北京", True), ("москва", False)):
+        images = [script_renderer(words=[word], vertical=share).render("train", 0) for share in (0.0, 1.0)]
+        assert images[0][1] == images[1][1] == word
+        assert (images[0][0] != images[1][0]) == turned
+
+
+def test_shaping_without_libraqm_is_an_error_naming_the_packages(monkeypatch):
+    monkeypatch.setattr(render_words.features, "check", lambda feature: False)
+    renderer(charset="abc")  # Latin text needs no shaping
+    for settings in ({"charset": "ab\u0645"}, {"charset": "ab", "vertical": 0.5}):
+        with pytest.raises(RuntimeError, match=f"apt-get install {render_words.RAQM_PACKAGES}"):
+            renderer(**settings)
+
+
+def test_generator_command_line_reports_characters_without_glyphs_and_words(tmp_path, capsys):
+    (tmp_path / "chars.txt").write_text("a\nb\n\u0800\n", encoding="utf-8")  # no font draws Samaritan
+    (tmp_path / "words.txt").write_text("ab\nba\nabc\n", encoding="utf-8")
+    render_words.main([str(tmp_path / "out"), "--train", "4", "--val", "0", "--test", "0", "--charset-file",
+                       str(tmp_path / "chars.txt"), "--words", str(tmp_path / "words.txt")])
+    out, err = capsys.readouterr()
+    assert "no font has glyphs for 1 characters of the charset" in err and "fonts-wqy-microhei" in err
+    assert "words: 2 of 3 used (skipped characters outside the charset: 1)" in out

@@ -17,6 +17,7 @@ from strhub.data.transforms import to_rgb
 from strhub.data.utils import CharsetAdapter
 
 FILTER_REASONS = ("too_long", "empty", "too_small", "unreadable")
+SHOWN_REMOVED = 5  # characters outside the charset named in a dataset's summary
 _ENVS: Dict[Tuple[int, int], lmdb.Environment] = {}
 _ENVS_PID = os.getpid()
 
@@ -52,14 +53,43 @@ def read_num_samples(txn: lmdb.Transaction, root: Union[str, Path]) -> int:
     return int(value)
 
 
+def read_label(txn: lmdb.Transaction, root: Union[str, Path], index: int, total: int) -> str:
+    """The label of record `index`, with an error naming the LMDB and key when it is missing or not UTF-8."""
+    key = f"label-{index:09d}"
+    raw = txn.get(key.encode())
+    if raw is None:
+        raise KeyError(f"{root}: key {key!r} is missing (num-samples is {total})")
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise ValueError(f"{root}: {key} is not valid UTF-8 ({err})") from None
+
+
 def normalize_label(label: str, remove_whitespace: bool, normalize_unicode: bool) -> str:
     """Whitespace removal, then either NFKD folded to ASCII (the original: accents are dropped and
-    non-Latin scripts vanish) or NFC composition, which keeps every script intact."""
+    non-Latin scripts vanish) or NFC composition, which keeps every script intact as written."""
     if remove_whitespace:
         label = "".join(label.split())
     if normalize_unicode:
         return unicodedata.normalize("NFKD", label).encode("ascii", "ignore").decode()
     return unicodedata.normalize("NFC", label)
+
+
+def check_label_settings(charset: str, remove_whitespace: bool, normalize_unicode: bool) -> None:
+    """Raises ValueError when the label normalisation removes characters of the training charset from
+    every label: non-ASCII ones under NFKD-to-ASCII, whitespace when whitespace is removed."""
+    problems = []
+    non_ascii = [char for char in charset if not char.isascii()]
+    if normalize_unicode and non_ascii:
+        problems.append(f"it holds {len(non_ascii)} non-ASCII characters (e.g. {''.join(non_ascii[:5])!r}), which "
+                        "normalize_unicode=true (NFKD folded to ASCII) deletes from every label: set "
+                        "data.normalize_unicode=false to keep labels as written (NFC)")
+    spaces = [char for char in charset if char.isspace()]
+    if remove_whitespace and spaces:
+        problems.append(f"it holds whitespace ({''.join(spaces)!r}), which remove_whitespace=true deletes from every "
+                        "label: set data.remove_whitespace=false to keep it")
+    if problems:
+        raise ValueError("the training charset cannot occur in the labels: " + "; ".join(problems))
 
 
 class LmdbDataset(Dataset):
@@ -68,7 +98,7 @@ class LmdbDataset(Dataset):
     Labels are filtered at construction, in the original's order: whitespace removal, Unicode
     normalisation, length limit (before charset filtering), charset adapter, empty-label drop and an
     optional minimum image side. `filtered` counts the dropped records per reason, `num_trimmed` the
-    kept labels that lost characters outside the charset.
+    kept labels that lost characters outside the charset and `removed` those characters.
 
     Items are `(image, label)`; with `unlabelled`, the label is the record number. An image that does
     not decode gives `None` with a warning naming the LMDB and record, and counts in `num_skipped`
@@ -85,6 +115,7 @@ class LmdbDataset(Dataset):
         self.indices: List[int] = []
         self.filtered: Counter = Counter()
         self.num_trimmed = 0
+        self.removed: Counter = Counter()
         with shared_env(self.root).begin() as txn:
             self.total = read_num_samples(txn, self.root)
             if unlabelled:
@@ -98,15 +129,7 @@ class LmdbDataset(Dataset):
     def _filter(self, txn: lmdb.Transaction, adapter: CharsetAdapter, max_label_length: int, min_image_dim: int,
                 remove_whitespace: bool, normalize_unicode: bool) -> None:
         for index in range(1, self.total + 1):
-            key = f"label-{index:09d}"
-            raw = txn.get(key.encode())
-            if raw is None:
-                raise KeyError(f"{self.root}: key {key!r} is missing (num-samples is {self.total})")
-            try:
-                label = raw.decode("utf-8")
-            except UnicodeDecodeError as err:
-                raise ValueError(f"{self.root}: {key} is not valid UTF-8 ({err})") from None
-            label = normalize_label(label, remove_whitespace, normalize_unicode)
+            label = normalize_label(read_label(txn, self.root, index, self.total), remove_whitespace, normalize_unicode)
             if len(label) > max_label_length:
                 self.filtered["too_long"] += 1
                 continue
@@ -125,7 +148,9 @@ class LmdbDataset(Dataset):
                 if min(width, height) < min_image_dim:
                     self.filtered["too_small"] += 1
                     continue
-            self.num_trimmed += len(adapted) < len(label)
+            if len(adapted) < len(label):
+                self.num_trimmed += 1
+                self.removed.update(adapter.outside(label))
             self.labels.append(adapted)
             self.indices.append(index)
 
@@ -145,11 +170,14 @@ class LmdbDataset(Dataset):
     @property
     def summary(self) -> str:
         """One line: records kept out of the total, the count per filter reason, and how many kept labels
-        lost characters outside the charset."""
+        lost characters outside the charset (the most frequent of those characters with their counts)."""
         reasons = ", ".join(f"{reason.replace('_', ' ')}: {self.filtered[reason]}"
                             for reason in FILTER_REASONS if self.filtered[reason])
+        removed = ", ".join(f"{char!r} {count}" for char, count in self.removed.most_common(SHOWN_REMOVED))
+        more = f", {len(self.removed) - SHOWN_REMOVED} more" if len(self.removed) > SHOWN_REMOVED else ""
         return (f"{self.root}: {len(self)} of {self.total} records kept" + (f" (filtered {reasons})" if reasons else "")
-                + (f"; {self.num_trimmed} labels lost characters outside the charset" if self.num_trimmed else ""))
+                + (f"; {self.num_trimmed} labels lost characters outside the charset ({removed}{more})"
+                   if self.num_trimmed else ""))
 
     def __getitem__(self, item: int) -> Optional[Tuple[Any, Union[str, int]]]:
         index = self.indices[item]

@@ -8,14 +8,16 @@ import torch
 from pytorch_lightning.utilities import rank_zero_info, rank_zero_warn
 from torch.utils.data import DataLoader, Dataset, default_collate
 
-from strhub.data.dataset import LmdbDataset, build_tree_dataset, lmdb_datasets, skip_corrupt_collate
+from strhub.data.dataset import (LmdbDataset, build_tree_dataset, check_label_settings, lmdb_datasets,
+                                 skip_corrupt_collate)
 from strhub.data.transforms import OPENAI_MEAN, OPENAI_STD, get_transform
 
 class SceneTextDataModule(pl.LightningDataModule):
     """Datasets and loaders for training, validation and the test benchmarks.
 
-    Training reads every LMDB below `root_dir/train/<train_dir>` with `charset_train`; validation
-    every LMDB below `root_dir/val` and test `root_dir/test/<name>`, both with `charset_test`.
+    Training reads every LMDB below `root_dir/train/<train_dir>` with `charset_train` (an error if the
+    label normalisation would delete some of its characters from every label); validation every LMDB
+    below `root_dir/val` and test `root_dir/test/<name>`, both with `charset_test`.
     Training and validation normalise with the OpenAI CLIP mean/std when `openai_meanstd`, test with
     0.5/0.5 unless `test_openai_meanstd` (the original's test protocol). Images that do not decode are
     dropped from their batch (a batch with none left is None, which Lightning skips in training).
@@ -68,6 +70,7 @@ class SceneTextDataModule(pl.LightningDataModule):
     @property
     def train_dataset(self) -> Dataset:
         if self._train_dataset is None:
+            check_label_settings(self.charset_train, self.remove_whitespace, self.normalize_unicode)
             transform = get_transform(self.img_size, self.augment, mean=self.mean, std=self.std)
             self._train_dataset = self._tree("training", self.root_dir / "train" / self.train_dir, self.charset_train,
                                              transform)

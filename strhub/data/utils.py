@@ -1,8 +1,9 @@
 """Character tokenizer and charset handling shared by the data pipeline and the models."""
 import re
 import string
+import unicodedata
 from pathlib import Path
-from typing import List, Optional, Sequence, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
 from torch import Tensor
@@ -14,20 +15,21 @@ CHARSET_94 = CHARSET_62 + string.punctuation
 
 
 def load_charset(path: str) -> str:
-    """Read a charset file with one character per line (blank lines are ignored, a line holding a
-    single space counts as the space character). Duplicates keep their first position."""
+    """Read a charset file with one character per line, in NFC (a letter and its combining marks
+    written decomposed count as the one precomposed character, as labels are read). Blank lines are
+    ignored; a line holding a single space counts as the space character. Duplicates keep their first
+    position."""
     file = Path(path)
     if not file.is_file():
         raise FileNotFoundError(f"charset file not found: {file}")
-    chars: List[str] = []
-    for number, line in enumerate(file.read_text(encoding="utf-8").splitlines(), start=1):
+    chars: Dict[str, None] = {}
+    for number, line in enumerate(file.read_text(encoding="utf-8-sig").splitlines(), start=1):
         if not line:
             continue
-        char = line if line == " " else line.strip()
+        char = " " if line == " " else unicodedata.normalize("NFC", line.strip())
         if len(char) != 1:
             raise ValueError(f"{file}:{number}: expected one character per line, got {line!r}")
-        if char not in chars:
-            chars.append(char)
+        chars.setdefault(char)
     if not chars:
         raise ValueError(f"charset file {file} holds no characters")
     return "".join(chars)
@@ -43,12 +45,20 @@ class CharsetAdapter:
         self.uppercase_only = target_charset == target_charset.upper()
         self.unsupported = re.compile(f"[^{re.escape(target_charset)}]")
 
-    def __call__(self, label: str) -> str:
+    def fold(self, label: str) -> str:
+        """The label in the charset's case: lower (upper) case when the charset has no upper (lower) case."""
         if self.lowercase_only:
-            label = label.lower()
-        elif self.uppercase_only:
-            label = label.upper()
-        return self.unsupported.sub("", label)
+            return label.lower()
+        if self.uppercase_only:
+            return label.upper()
+        return label
+
+    def outside(self, label: str) -> List[str]:
+        """The characters that the adapter removes from `label`, in order."""
+        return self.unsupported.findall(self.fold(label))
+
+    def __call__(self, label: str) -> str:
+        return self.unsupported.sub("", self.fold(label))
 
 
 class Tokenizer:

@@ -8,7 +8,7 @@ import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
 from nltk import edit_distance
-from torch import Tensor
+from torch import Tensor, nn
 from torch.distributed.fsdp import FullyShardedDataParallel
 from torch.optim.lr_scheduler import OneCycleLR
 
@@ -16,7 +16,8 @@ from strhub.data.utils import CharsetAdapter, Tokenizer
 from strhub.models.plm import generate_permutations, permutation_loss, permutation_masks
 from strhub.models.recognizer import Recognizer
 
-Branches = List[Tuple[float, List[Tensor]]]
+# Each branch of a model: (loss weight, head, head inputs (N, T+1, D) per permutation).
+Branches = List[Tuple[float, nn.Module, List[Tensor]]]
 # A parameter whose name holds one of these (or that has fewer than two dimensions) gets no weight decay.
 NO_DECAY_MARKERS = ("bn", "ln", "bias", "logit_scale", "pos_queries", "text_embed")
 
@@ -165,16 +166,17 @@ class PLMSystem(CrossEntropySystem):
         content_masks, query_masks = permutation_masks(perms)
         tgt_in, tgt_out = tgt[:, :-1], tgt[:, 1:]
         padding = (tgt_in == self.pad_id) | (tgt_in == self.eos_id)
-        branches = self.branch_logits(images, tgt_in, content_masks, query_masks, padding)
+        branches = self.branch_features(images, tgt_in, content_masks, query_masks, padding)
         return permutation_loss(branches, tgt_out, self.eos_id, self.pad_id)
 
-    def branch_logits(self, images: Tensor, tgt_in: Tensor, content_masks: Tensor, query_masks: Tensor,
-                      padding: Tensor) -> Branches:
-        """(loss weight, logits per permutation) of each branch: here the one decoder of PARSeq's layout."""
+    def branch_features(self, images: Tensor, tgt_in: Tensor, content_masks: Tensor, query_masks: Tensor,
+                        padding: Tensor) -> Branches:
+        """(loss weight, head, head inputs per permutation) of each branch: here the one decoder of PARSeq's
+        layout."""
         model = self.model
         memory_kv = model.memory_kv(model.encode(images))
-        return [(1.0, [model.decode(tgt_in, memory_kv, None, query_masks[k], content_masks[k], padding)
-                       for k in range(len(query_masks))])]
+        return [(1.0, model.head, [model.features(tgt_in, memory_kv, None, query_masks[k], content_masks[k], padding)
+                                   for k in range(len(query_masks))])]
 
     def linear_lr(self) -> float:
         """The base learning rate scaled by the effective batch / 512 (CLIP4STR's rule)."""

@@ -228,6 +228,14 @@ class CharDecoder(nn.Module):
         """Logits (N, Q, C) for the queries (default: the first L position queries) given the context
         `tokens` (N, L), BOS first. Masks are additive (Q, L) / (L, L); `padding_mask` is (N, L)."""
         record_pass(self, greedy=False)
+        return record_logits(self, self.head(self.features(tokens, memory_kv, queries, query_mask, content_mask,
+                                                           padding_mask)))
+
+    def features(self, tokens: Tensor, memory_kv: List[KeyValue], queries: Optional[Tensor] = None,
+                 query_mask: Optional[Tensor] = None, content_mask: Optional[Tensor] = None,
+                 padding_mask: Optional[Tensor] = None) -> Tensor:
+        """What `decode` gives the head (N, Q, D): training applies the head to the rows it needs, which
+        saves most of its cost with large charsets."""
         content = self.dropout(self.embed_content(tokens))
         if queries is None:
             queries = self.pos_queries[:, :tokens.shape[1]].expand(tokens.shape[0], -1, -1)
@@ -237,7 +245,7 @@ class CharDecoder(nn.Module):
         for i, layer in enumerate(self.layers):
             query, content = maybe_checkpoint(self.grad_checkpointing, layer, query, content, memory_kv[i], query_mask,
                                               content_mask, i < len(self.layers) - 1)
-        return record_logits(self, self.head(self.norm(query)))
+        return self.norm(query)
 
     def start(self, memory_kv: List[KeyValue], num_steps: int) -> DecodeState:
         record_pass(self, greedy=True)

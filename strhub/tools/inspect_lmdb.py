@@ -9,7 +9,7 @@ from typing import Dict, List, Optional, Tuple
 
 from PIL import Image
 
-from strhub.data.dataset import LmdbDataset, find_lmdbs, normalize_label, shared_env
+from strhub.data.dataset import LmdbDataset, find_lmdbs, normalize_label, read_label, shared_env
 from strhub.data.utils import CharsetAdapter
 from strhub.tools.common import HelpFormatter, add_charset_arguments, charset_from_args, warnings_to_stderr
 from strhub.tools.create_lmdb import image_problem
@@ -27,19 +27,17 @@ def inspect(root: Path, charset: str, max_label_length: int, remove_whitespace: 
     labels: List[str] = []
     unreadable: List[int] = []
     sizes: List[Tuple[int, int]] = []
-    allowed = set(charset)
     adapter = CharsetAdapter(charset)
     kept = LmdbDataset(root, charset, max_label_length, remove_whitespace=remove_whitespace,
                        normalize_unicode=normalize_unicode)  # also checks the LMDB's structure
     total = kept.total
     with shared_env(root).begin() as txn:
         for index in range(1, total + 1):
-            raw = txn.get(f"label-{index:09d}".encode()).decode("utf-8")
+            raw = read_label(txn, root, index, total)
             label = normalize_label(raw, remove_whitespace, normalize_unicode)
             labels.append(label)
             lengths[len(label)] += 1
-            folded = label.lower() if adapter.lowercase_only else label.upper() if adapter.uppercase_only else label
-            missing = [c for c in folded if c not in allowed]
+            missing = adapter.outside(label)
             outside.update(missing)
             covered += not missing
             if check_images:

@@ -1,21 +1,32 @@
 """Render synthetic word images with the fonts installed on this machine and write train/val/test LMDBs.
 
-Texts are dictionary words (a built-in English list or --words), numbers and random strings over the
-charset; each image varies font, size, colours, background, outline, rotation, perspective, blur,
-noise and JPEG quality. Only fonts that have glyphs for every character of a text are used for it.
+Texts are dictionary words (a built-in English list or --words, in any script), numbers and random strings
+over the charset; each image varies font, size, colours, background, outline, rotation, perspective, blur,
+noise and JPEG quality. Only fonts that have glyphs for every character of a text are used for it; words
+that no single font can draw are skipped and counted. Labels are stored in NFC, in reading (logical)
+order. Text with right-to-left letters (Arabic, Hebrew) or combining marks (Devanagari, Thai) is shaped
+with libraqm; --vertical renders a share of the CJK texts top to bottom, turned a quarter counter-clockwise
+so that they read from left to right as the recognisers see tall crops.
 The output follows the data module's layout: OUT/train/<train-dir>, OUT/val, OUT/test/<test-name>.
 The same seed, fonts and settings give byte-identical LMDBs, whatever the number of processes.
+
+    python -m strhub.tools.render_words data/zh --charset-file zh.txt --words zh_words.txt \\
+        --fonts /usr/share/fonts/truetype/wqy --vertical 0.2
 """
 import argparse
 import io
 import multiprocessing
 import string
+import sys
+import unicodedata
+from collections import Counter
 from functools import lru_cache
 from pathlib import Path
 from typing import Dict, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
-from PIL import Image, ImageDraw, ImageFilter, ImageFont
+from PIL import Image, ImageDraw, ImageFilter, ImageFont, features
+from tqdm import tqdm
 
 from strhub.tools.common import HelpFormatter, add_charset_arguments, charset_from_args
 from strhub.tools.create_lmdb import write_lmdb
@@ -24,7 +35,12 @@ from strhub.tools.geometry import perspective_coefficients
 FONT_DIRS = ("/usr/share/fonts", "/usr/local/share/fonts", "~/.local/share/fonts", "~/.fonts")
 FONT_SUFFIXES = (".ttf", ".otf", ".ttc")
 FONT_PACKAGES = "fonts-dejavu-core fonts-liberation2 fonts-freefont-ttf"
+SCRIPT_FONT_PACKAGES = "fonts-wqy-microhei for CJK, fonts-lohit-deva for Devanagari, fonts-noto-core for most others"
+RAQM_PACKAGES = "libfribidi0 libraqm0"
 SPLITS = ("train", "val", "test")
+NUMBER_SHARE = 0.15  # share of the texts that are numbers, after the words
+SHOWN_UNUSABLE = 5  # skipped words named in the report
+SHOWN_UNCOVERED = 20  # characters without a glyph named in the warning
 _MISSING_GLYPH = "\U0010fffd"  # a private-use code point: fonts render their "missing glyph" box for it
 _WORDS = """
 the of and to in is you that it he was for on are as with his they at be this have from or one had by word but
@@ -65,8 +81,22 @@ def find_fonts(paths: Sequence[str] = ()) -> List[Path]:
 
 
 @lru_cache(maxsize=None)
-def _font(path: str, size: int) -> ImageFont.FreeTypeFont:
-    return ImageFont.truetype(path, size, layout_engine=ImageFont.Layout.BASIC)
+def _font(path: str, size: int, shaped: bool = False) -> ImageFont.FreeTypeFont:
+    layout = ImageFont.Layout.RAQM if shaped else ImageFont.Layout.BASIC
+    return ImageFont.truetype(path, size, layout_engine=layout)
+
+
+def needs_shaping(text: str) -> bool:
+    """Whether glyph-by-glyph layout would draw `text` wrongly: it holds right-to-left letters or
+    numbers (their order and joining forms) or combining marks (their placement, conjuncts)."""
+    return any(unicodedata.bidirectional(char) in ("R", "AL", "AN") or unicodedata.category(char).startswith("M")
+               for char in text)
+
+
+def is_vertical_script(text: str) -> bool:
+    """Whether every character of `text` is wide (CJK ideographs, kana, Hangul, full-width forms), the
+    characters that are written top to bottom upright."""
+    return all(unicodedata.east_asian_width(char) in ("W", "F") for char in text)
 
 
 def glyph_coverage(path: Path, charset: str) -> frozenset:
@@ -86,34 +116,79 @@ def _luma(colour: Sequence[int]) -> float:
 
 
 class WordRenderer:
-    """Renders `(encoded image, label)` for sample `index` of a split from a per-sample seeded generator."""
+    """Renders `(encoded image, label)` for sample `index` of a split from a per-sample seeded generator.
+
+    `word_share` of the texts are words (the rest are numbers and random strings, which hold no
+    combining marks: those come with the words); `vertical` is the
+    share of the all-CJK texts rendered top to bottom. `word_counts` counts the words used and the
+    skipped ones per reason, `uncovered` the characters of the charset that no font draws."""
 
     def __init__(self, charset: str, fonts: Sequence[Path], words: Sequence[str], height: int, width: int,
-                 min_length: int, max_length: int, font_sizes: Tuple[int, int], image_format: str, seed: int) -> None:
+                 min_length: int, max_length: int, font_sizes: Tuple[int, int], image_format: str, seed: int,
+                 word_share: float = 0.55, vertical: float = 0.0) -> None:
         self.height, self.width = height, width
         self.min_length, self.max_length = min_length, max_length
         self.font_sizes = font_sizes
         self.image_format = image_format
         self.seed = seed
+        self.word_share = word_share
+        self.vertical = vertical
         self.fonts = [str(f) for f in fonts]
-        self.coverage = [glyph_coverage(f, charset) for f in fonts]
+        self.coverage = [glyph_coverage(f, charset)
+                         for f in tqdm(fonts, desc="glyph coverage", unit="font", disable=None, leave=False)]
         usable = set().union(*self.coverage)
         if not usable:
-            raise RuntimeError(f"none of the {len(fonts)} fonts has glyphs for the charset {charset[:40]!r}...")
+            raise RuntimeError(f"none of the {len(fonts)} fonts has glyphs for the charset {charset[:40]!r}... "
+                               f"(fonts for other scripts: {SCRIPT_FONT_PACKAGES}; or pass --fonts)")
+        self.uncovered = "".join(c for c in charset if c not in usable)
         self.alphabet = "".join(c for c in charset if c in usable)
         self.allowed = set(self.alphabet)
-        self.words = [w for w in words if min_length <= len(w) <= max_length and set(w) <= self.allowed]
+        self.random_alphabet = "".join(c for c in self.alphabet if not unicodedata.category(c).startswith("M"))
+        if not self.random_alphabet:
+            raise RuntimeError(f"the charset {charset[:40]!r} holds only combining marks: random strings need letters")
+        self.font_alphabets = ["".join(c for c in self.random_alphabet if c in covered) for covered in self.coverage]
+        self.words, self.word_counts, self.unusable_words = self._usable_words(words, set(charset))
         self.digits = "".join(c for c in string.digits if c in self.allowed)
+        if (vertical or any(needs_shaping(c) for c in self.alphabet)) and not features.check("raqm"):
+            raise RuntimeError("the charset holds right-to-left letters or combining marks, or --vertical is set: "
+                               "that needs Pillow's libraqm layout, which is unavailable "
+                               f"(PIL.features.check('raqm') is False); install it: apt-get install {RAQM_PACKAGES}")
+
+    def _covered(self, text: str) -> bool:
+        """Whether some font has glyphs for every character of `text`."""
+        chars = set(text)
+        return any(chars <= covered for covered in self.coverage)
+
+    def _usable_words(self, words: Sequence[str], charset: set) -> Tuple[List[str], Counter, List[str]]:
+        """The words (in NFC) that can be rendered, the count per outcome, and a few of the skipped ones
+        that lack glyphs."""
+        kept, counts, unusable = [], Counter(), []
+        for word in (unicodedata.normalize("NFC", w) for w in words):
+            if not self.min_length <= len(word) <= self.max_length:
+                counts["length outside --min-length/--max-length"] += 1
+            elif not set(word) <= charset:
+                counts["characters outside the charset"] += 1
+            elif not set(word) <= self.allowed:
+                counts["characters no font has"] += 1
+                unusable.append(word)
+            elif not self._covered(word):
+                counts["no single font has all its glyphs"] += 1
+                unusable.append(word)
+            else:
+                counts["used"] += 1
+                kept.append(word)
+        return kept, counts, unusable[:SHOWN_UNUSABLE]
 
     def _text(self, rng: np.random.Generator) -> str:
         kind = rng.random()
-        if kind < 0.55 and self.words:
+        if kind < self.word_share and self.words:
             word = self.words[rng.integers(len(self.words))]
             style = rng.random()
             variant = word.upper() if style < 0.25 else word.title() if style < 0.5 else word
-            return variant if set(variant) <= self.allowed else word
+            return variant if self._covered(variant) else word
         length = int(rng.integers(self.min_length, self.max_length + 1))
-        source = self.digits if 0.55 <= kind < 0.7 and self.digits else self.alphabet
+        source = self.digits if self.word_share <= kind < self.word_share + NUMBER_SHARE and self.digits else \
+            self.random_alphabet
         return "".join(source[i] for i in rng.integers(len(source), size=length))
 
     def _colours(self, rng: np.random.Generator) -> Tuple[Tuple[int, ...], Tuple[int, ...]]:
@@ -138,19 +213,28 @@ class WordRenderer:
         rng = np.random.default_rng((self.seed, SPLITS.index(split), index))
         text = self._text(rng)
         fonts = [f for f, covered in zip(self.fonts, self.coverage) if set(text) <= covered]
-        if not fonts:  # every character has a font, but not every text: fall back to one character
-            text = self.alphabet[rng.integers(len(self.alphabet))]
-            fonts = [f for f, covered in zip(self.fonts, self.coverage) if text in covered]
-        font = _font(fonts[rng.integers(len(fonts))], int(rng.integers(self.font_sizes[0], self.font_sizes[1] + 1)))
+        if not fonts:  # a random string that no single font draws: draw it again from one font's characters
+            choices = [i for i, alphabet in enumerate(self.font_alphabets) if alphabet]
+            choice = choices[rng.integers(len(choices))]
+            source = self.font_alphabets[choice]
+            text = "".join(source[i] for i in rng.integers(len(source), size=len(text)))
+            fonts = [self.fonts[choice]]
+        vertical = self.vertical > 0 and is_vertical_script(text) and rng.random() < self.vertical
+        shaped = vertical or needs_shaping(text)
+        font = _font(fonts[rng.integers(len(fonts))], int(rng.integers(self.font_sizes[0], self.font_sizes[1] + 1)),
+                     shaped)
+        direction = "ttb" if vertical else None
         background, colour = self._colours(rng)
         stroke = int(rng.integers(1, max(2, font.size // 12) + 1)) if rng.random() < 0.15 else 0
-        left, top, right, bottom = font.getbbox(text, stroke_width=stroke)
+        left, top, right, bottom = font.getbbox(text, stroke_width=stroke, direction=direction)
         pad_x, pad_y = (int(v) for v in rng.integers(1, max(2, font.size // 3), size=2))
         size = (right - left + 2 * pad_x, bottom - top + 2 * pad_y)
         img = self._background(rng, size, background)
         stroke_fill = tuple(255 - v for v in colour)
         ImageDraw.Draw(img).text((pad_x - left, pad_y - top), text, fill=colour, font=font, stroke_width=stroke,
-                                 stroke_fill=stroke_fill)
+                                 stroke_fill=stroke_fill, direction=direction)
+        if vertical:  # the column's top goes to the left: the text then reads from left to right
+            img = img.transpose(Image.Transpose.ROTATE_90)
         if rng.random() < 0.5:
             img = img.rotate(float(rng.uniform(-8, 8)), Image.Resampling.BICUBIC, expand=True, fillcolor=background)
         if rng.random() < 0.3:
@@ -171,7 +255,7 @@ class WordRenderer:
             img.save(buffer, "JPEG", quality=int(rng.integers(75, 96)))
         else:
             img.save(buffer, "PNG")
-        return buffer.getvalue(), text
+        return buffer.getvalue(), unicodedata.normalize("NFC", text)
 
 
 _WORKER: Optional[WordRenderer] = None
@@ -202,7 +286,9 @@ def generate(output: Path, counts: Dict[str, int], renderer: WordRenderer, train
     targets = {"train": output / "train" / train_dir, "val": output / "val", "test": output / "test" / test_name}
     for split, target in targets.items():
         if counts.get(split):
-            write_lmdb(target, render_split(renderer, split, counts[split], workers), overwrite)
+            records = tqdm(render_split(renderer, split, counts[split], workers), total=counts[split], desc=split,
+                           unit="img", disable=None, leave=False)
+            write_lmdb(target, records, overwrite)
     return {split: target for split, target in targets.items() if counts.get(split)}
 
 
@@ -215,7 +301,13 @@ def main(argv: Optional[List[str]] = None) -> None:
     parser.add_argument("--train-dir", default="synth", help="training set folder: OUT/train/<train-dir>")
     parser.add_argument("--test-name", default="synth", help="test set folder: OUT/test/<test-name>")
     add_charset_arguments(parser, default="94")
-    parser.add_argument("--words", type=Path, help="word list, one per line (default: a built-in English list)")
+    parser.add_argument("--words", type=Path,
+                        help="word list, one word or phrase per line (default: a built-in English list); phrases "
+                             "with spaces need the space in the charset")
+    parser.add_argument("--word-share", type=float, default=0.55,
+                        help="share of the texts taken from the word list (the rest: numbers, random strings)")
+    parser.add_argument("--vertical", type=float, default=0.0,
+                        help="share of the all-CJK texts rendered top to bottom (then turned to read left to right)")
     parser.add_argument("--fonts", nargs="+", default=(),
                         help=f"font files or folders (when absent: {', '.join(FONT_DIRS)})")
     parser.add_argument("--height", type=int, default=32, help="image height in pixels")
@@ -233,15 +325,32 @@ def main(argv: Optional[List[str]] = None) -> None:
     if not fonts:
         parser.error(f"no font files (.ttf/.otf/.ttc) found in {', '.join(map(str, args.fonts or FONT_DIRS))}; "
                      f"install some, e.g. `apt-get install {FONT_PACKAGES}`, or pass --fonts")
-    words = args.words.read_text(encoding="utf-8").split() if args.words else _WORDS
-    renderer = WordRenderer(charset_from_args(args), fonts, words, args.height, args.width, args.min_length,
-                            args.max_length, tuple(args.font_sizes), args.format, args.seed)
+    for name in ("word_share", "vertical"):
+        if not 0 <= getattr(args, name) <= 1:
+            parser.error(f"--{name.replace('_', '-')} is a share between 0 and 1, got {getattr(args, name)}")
+    words = [line.strip() for line in args.words.read_text(encoding="utf-8-sig").splitlines() if line.strip()] \
+        if args.words else _WORDS
+    try:
+        renderer = WordRenderer(charset_from_args(args), fonts, words, args.height, args.width, args.min_length,
+                                args.max_length, tuple(args.font_sizes), args.format, args.seed, args.word_share,
+                                args.vertical)
+    except RuntimeError as err:
+        parser.error(str(err))
+    if renderer.uncovered:
+        more = "..." if len(renderer.uncovered) > SHOWN_UNCOVERED else ""
+        print(f"warning: no font has glyphs for {len(renderer.uncovered)} characters of the charset, which are not "
+              f"rendered: {renderer.uncovered[:SHOWN_UNCOVERED]!r}{more} (fonts for other scripts: "
+              f"{SCRIPT_FONT_PACKAGES})", file=sys.stderr)
     counts = {"train": args.train, "val": args.val, "test": args.test}
     written = generate(args.output, counts, renderer, args.train_dir, args.test_name, args.workers, args.overwrite)
     usable = sum(1 for covered in renderer.coverage if covered)
     for split, target in written.items():
         print(f"{split}: {counts[split]} images in {target}")
     print(f"fonts: {usable} of {len(fonts)} usable for the charset")
+    skipped = ", ".join(f"{reason}: {count}" for reason, count in renderer.word_counts.items() if reason != "used")
+    examples = f"; e.g. {', '.join(renderer.unusable_words)}" if renderer.unusable_words else ""
+    print(f"words: {renderer.word_counts['used']} of {len(words)} used" + (f" (skipped {skipped}{examples})"
+                                                                           if skipped else ""))
 
 
 if __name__ == "__main__":

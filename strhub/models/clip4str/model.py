@@ -143,8 +143,9 @@ class CLIP4STR(Recognizer):
         return [[layer[i] for layer in parts] for i in range(len(sizes))]
 
     def captions(self, visual_logits: Tensor) -> List[str]:
-        """The captions read off visual logits (N, L, C), as the original reads them."""
-        return self.tokenizer.decode_fast(visual_logits.detach().softmax(-1), self.charset_adapter)[0]
+        """The captions read off visual logits (N, L, C), as the original reads them (their argmax, which is that
+        of their softmax: no softmax over the charset is needed)."""
+        return self.tokenizer.decode_fast(visual_logits.detach(), self.charset_adapter)[0]
 
     def planning_caption_ids(self, visual_logits: List[Tensor]) -> Tensor:
         """For logits without values (the meta device, on which training memory is planned): CLIP token ids, on the

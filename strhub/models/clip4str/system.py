@@ -49,37 +49,41 @@ class CLIP4STRSystem(PLMSystem):
         self.coef_wd = coef_wd
         self.find_unused_parameters = find_unused_parameters
 
-    def branch_logits(self, images: Tensor, tgt_in: Tensor, content_masks: Tensor, query_masks: Tensor,
-                      padding: Tensor) -> Branches:
-        """The visual branch, and the cross branch weighted by `cross_loss_w`."""
+    def branch_features(self, images: Tensor, tgt_in: Tensor, content_masks: Tensor, query_masks: Tensor,
+                        padding: Tensor) -> Branches:
+        """The visual branch, and the cross branch weighted by `cross_loss_w`. The captions and the cross
+        branch's context read the visual predictions, which get no gradient from them: they are computed
+        apart, without gradients."""
         model = self.model
         memory = model.encode(images)
         visual_kv = model.visual_decoder.memory_kv(memory)
-        visual_logits = [model.visual_decoder.decode(tgt_in, visual_kv, None, query_masks[k], content_masks[k],
-                                                     padding) for k in range(len(query_masks))]
-        branches = [(1.0, visual_logits)]
+        visual_features = [model.visual_decoder.features(tgt_in, visual_kv, None, query_masks[k], content_masks[k],
+                                                         padding) for k in range(len(query_masks))]
+        branches = [(1.0, model.visual_decoder.head, visual_features)]
         if model.use_language_model:
-            branches.append((self.cross_loss_w, self._cross_logits(visual_logits, memory, tgt_in, content_masks,
-                                                                  query_masks, padding)))
+            with torch.no_grad():
+                visual_logits = [model.visual_decoder.head(features) for features in visual_features]
+            branches.append((self.cross_loss_w, model.cross_decoder.head,
+                             self._cross_features(visual_logits, memory, tgt_in, content_masks, query_masks, padding)))
         return branches
 
-    def _cross_logits(self, visual_logits: List[Tensor], memory: Tensor, tgt_in: Tensor, content_masks: Tensor,
-                      query_masks: Tensor, padding: Tensor) -> List[Tensor]:
-        """The cross branch for every permutation. The image part of its memory is projected once,
-        and the captions of all permutations are encoded in one call."""
+    def _cross_features(self, visual_logits: List[Tensor], memory: Tensor, tgt_in: Tensor, content_masks: Tensor,
+                        query_masks: Tensor, padding: Tensor) -> List[Tensor]:
+        """The cross branch's head inputs for every permutation. The image part of its memory is
+        projected once, and the captions of all permutations are encoded in one call."""
         model = self.model
         decoder = model.cross_decoder
         image_kv = model.cross_image_kv(memory)
         text_kvs = model.caption_kv(visual_logits)
         cloze = cloze_mask(tgt_in.shape[1], tgt_in.device)
-        logits = []
+        features = []
         for k, text_kv in enumerate(text_kvs):
             memory_kv = model.join_kv(image_kv, text_kv)
             context = tgt_in if self.cross_gt_context else torch.cat(
                 [tgt_in[:, :1], visual_logits[k][:, :-1].argmax(-1)], dim=1)
             query_mask, content_mask = (cloze, cloze) if self.cross_cloze_mask else (query_masks[k], content_masks[k])
-            logits.append(decoder.decode(context, memory_kv, None, query_mask, content_mask, padding))
-        return logits
+            features.append(decoder.features(context, memory_kv, None, query_mask, content_mask, padding))
+        return features
 
     def param_groups(self) -> List[List[Tensor]]:
         """Trainable parameters in the optimizer's four groups: CLIP without and with weight decay,
