@@ -46,10 +46,10 @@ def read_batch(model: torch.nn.Module, transform: Callable, batch: List[Tuple[st
     if tensors:
         with torch.inference_mode(), autocast_context(device, precision):
             logits = model(torch.stack(tensors).to(device))
-        texts, probs = model.tokenizer.decode(logits.float().softmax(-1))
+        texts, confidences = model.tokenizer.read(logits.float().softmax(-1))
         readable = [record for record in records if "error" not in record]
-        for record, text, prob in zip(readable, texts, probs):
-            record.update(text=text, confidence=prob.prod().item())
+        for record, text, confidence in zip(readable, texts, confidences):
+            record.update(text=text, confidence=confidence)
     return records
 
 

@@ -100,6 +100,11 @@ class Tokenizer:
             probs.append(sample_probs[:length + 1])
         return strings, probs
 
+    def read(self, token_dists: Tensor) -> Tuple[List[str], List[float]]:
+        """The strings that `decode` gives and their confidences, the product of each string's probabilities."""
+        strings, probs = self.decode(token_dists)
+        return strings, [prob.prod().item() for prob in probs]
+
     def decode_fast(self, token_dists: Tensor,
                     charset_adapter: Optional[CharsetAdapter] = None) -> Tuple[List[str], List[Tensor]]:
         """Caption decoding as the original does it: all ids, EOS rendered as the text `[E]`, are

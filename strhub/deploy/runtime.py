@@ -186,9 +186,9 @@ class OnnxReader:
         step = batch_size or max(len(images), 1)
         for start in range(0, len(images), step):
             batch = torch.stack([self._load(image) for image in images[start:start + step]])
-            strings, probs = self.tokenizer.decode(self(batch).float().softmax(-1))
-            texts += strings
-            confidences += [prob.prod().item() for prob in probs]
+            batch_texts, batch_confidences = self.tokenizer.read(self(batch).float().softmax(-1))
+            texts += batch_texts
+            confidences += batch_confidences
         return texts, confidences
 
     def _load(self, image: ImageInput) -> Tensor:

@@ -77,11 +77,10 @@ class CrossEntropySystem(pl.LightningModule):
             logits, loss, loss_numel = self.forward_logits_loss(images, labels)
         else:
             logits, loss, loss_numel = self.forward(images), None, 0
-        predictions, probs = self.tokenizer.decode(logits.softmax(-1))
+        predictions, confidences = self.tokenizer.read(logits.softmax(-1))
         correct = ned = label_length = 0
-        adapted, confidences = [], []
-        for prediction, prob, label in zip(predictions, probs, labels):
-            confidences.append(prob.prod().item())
+        adapted = []
+        for prediction, label in zip(predictions, labels):
             prediction = self.charset_adapter(prediction)
             adapted.append(prediction)
             ned += edit_distance(prediction, label) / max(len(prediction), len(label))
