@@ -88,7 +88,7 @@ def caption_labels(model: Recognizer, visual_logits: Tensor) -> List[Tuple[str, 
     """CLIP4STR: per image, the tokens of the caption that the visual logits (N, L, C) make, as the cross decoder's
     memory holds them (CLIP's BPE: start, tokens, end, then empty strings for the padding; see the text tower's
     `token_labels`)."""
-    return model.text_tower.token_labels(model.captions(visual_logits))
+    return model.text_tower.token_labels(model.captions(visual_logits.max(-1).indices))
 
 
 def layouts(model: Recognizer, recorded: RecordedPass, index: int,

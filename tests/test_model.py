@@ -9,10 +9,11 @@ import torch
 
 from conftest import TINY_ARCH, make_tiny_model
 from strhub.cli import parse_model_args
+from strhub.models import plm
 from strhub.models.checkpoint import InvalidCheckpointError, load_model
 from strhub.models.clip import (QUICK_GELU_BAND_ROWS, arch_from_state_dict, build_clip, encode_text_tokens,
                                          load_pretrained_clip, mlp, read_clip_state_dict, shared_prefixes)
-from strhub.models.plm import permutation_loss, permutation_masks
+from strhub.models.plm import head_cross_entropy, permutation_masks, permutation_targets
 from strhub.models.utils import create_model, load_from_checkpoint, load_weights
 
 
@@ -281,27 +282,34 @@ def test_masks_equal_the_loop_definition():
         assert torch.equal(query[0], expected[1:, :-1])
 
 
-def test_loss_on_the_rows_with_a_target_equals_the_loss_over_full_logits():
+@pytest.mark.parametrize("num_classes", [97, 6000])
+def test_the_chunked_head_loss_equals_cross_entropy_over_full_logits(num_classes, monkeypatch):
+    """Two weighted branches over three permutations: the loss, every gradient and the argmax classes equal those
+    of the original's full logits, with several chunks of rows (and one)."""
+    monkeypatch.setattr(plm, "CHUNK_ELEMENTS", 5 * num_classes)
     torch.manual_seed(0)
-    heads = [torch.nn.Linear(16, 6000), torch.nn.Linear(16, 6000)]
-    features = [[torch.randn(4, 6, 16, requires_grad=True) for _ in range(3)] for _ in heads]
-    eos, pad = 0, 6001
+    heads = [torch.nn.Linear(16, num_classes), torch.nn.Linear(16, num_classes)]
+    features = [torch.randn(3, 4, 6, 16, requires_grad=True) for _ in heads]
+    eos, pad = 0, num_classes + 1
     tgt_out = torch.tensor([[5, 9, 0, pad, pad, pad], [7, 0, pad, pad, pad, pad], [1, 2, 3, 4, 5, 0],
                             [8, 8, 0, pad, pad, pad]])
-    loss = permutation_loss([(1.0, heads[0], features[0]), (0.5, heads[1], features[1])], tgt_out, eos, pad)
-    grads = torch.autograd.grad(loss, [heads[0].weight, heads[1].weight, *features[0], *features[1]])
-    no_eos = torch.where(tgt_out == eos, pad, tgt_out)
+    targets = permutation_targets(tgt_out, 3, eos, pad)
+    assert torch.equal(targets[2], torch.where(tgt_out == eos, pad, tgt_out)) and torch.equal(targets[1], tgt_out)
+    visual, ids = head_cross_entropy(heads[0], features[0], targets, pad, all_ids=True)
+    loss = (visual + 0.5 * head_cross_entropy(heads[1], features[1], targets, pad)[0]) / (targets != pad).sum()
+    parameters = [*heads[0].parameters(), *heads[1].parameters(), *features]
+    grads = torch.autograd.grad(loss, parameters)
     expected = torch.zeros(())
     for k in range(3):  # the original: cross-entropy over every position's logits, padding ignored
-        targets = tgt_out if k < 2 else no_eos
         for weight, head, branch in zip((1.0, 0.5), heads, features):
             expected = expected + weight * torch.nn.functional.cross_entropy(
-                head(branch[k]).flatten(end_dim=1), targets.flatten(), ignore_index=pad, reduction="sum")
-    expected = expected / (2 * (tgt_out != pad).sum() + (no_eos != pad).sum())
-    expected_grads = torch.autograd.grad(expected, [heads[0].weight, heads[1].weight, *features[0], *features[1]])
+                head(branch[k]).flatten(end_dim=1), targets[k].flatten(), ignore_index=pad, reduction="sum")
+    expected = expected / (2 * (tgt_out != pad).sum() + (targets[2] != pad).sum())
+    expected_grads = torch.autograd.grad(expected, parameters)
     torch.testing.assert_close(loss, expected)
     for grad, expected_grad in zip(grads, expected_grads):
         torch.testing.assert_close(grad, expected_grad)
+    assert torch.equal(ids, heads[0](features[0]).argmax(-1))
 
 
 def _fixed_batch():

@@ -107,13 +107,16 @@ class Tokenizer:
 
     def decode_fast(self, token_dists: Tensor,
                     charset_adapter: Optional[CharsetAdapter] = None) -> Tuple[List[str], List[Tensor]]:
-        """Caption decoding as the original does it: all ids, EOS rendered as the text `[E]`, are
-        joined and the string is cut at the first `[E]` substring (a genuine `[`, `E`, `]` sequence
-        cuts it too), then the adapter is applied."""
-        strings, probs = [], []
+        """Caption decoding as the original does it (see `captions`), with each caption's probabilities up to
+        its cut."""
         max_probs, max_ids = token_dists.max(-1)
-        for sample_probs, ids in zip(max_probs, max_ids.tolist()):
-            text = self.ids_to_string(ids).partition(self.EOS)[0]
-            probs.append(sample_probs[:len(text) + 1])
-            strings.append(charset_adapter(text) if charset_adapter is not None else text)
-        return strings, probs
+        strings = self.captions(max_ids, charset_adapter)
+        cuts = [len(self.ids_to_string(ids).partition(self.EOS)[0]) + 1 for ids in max_ids.tolist()]
+        return strings, [sample_probs[:cut] for sample_probs, cut in zip(max_probs, cuts)]
+
+    def captions(self, ids: Tensor, charset_adapter: Optional[CharsetAdapter] = None) -> List[str]:
+        """The captions of class ids (N, L), as the original makes them: all ids, EOS rendered as the text `[E]`,
+        are joined and the string is cut at the first `[E]` substring (a genuine `[`, `E`, `]` sequence cuts it
+        too), then the adapter is applied."""
+        texts = [self.ids_to_string(sample).partition(self.EOS)[0] for sample in ids.tolist()]
+        return [charset_adapter(text) for text in texts] if charset_adapter is not None else texts

@@ -209,7 +209,7 @@ class OnnxReader:
 
     def _caption_ids(self, logits: Tensor) -> np.ndarray:
         """CLIP token ids of the captions that a pass's logits spell (as `CLIP4STR.caption_kv`)."""
-        captions = self.tokenizer.decode_fast(logits.softmax(-1), self.charset_adapter)[0]
+        captions = self.tokenizer.captions(logits.max(-1).indices, self.charset_adapter)
         return self.caption_tokenizer(captions, self.config["caption"]["context_length"]).numpy()
 
 

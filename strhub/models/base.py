@@ -8,16 +8,14 @@ import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
 from nltk import edit_distance
-from torch import Tensor, nn
+from torch import Tensor
 from torch.distributed.fsdp import FullyShardedDataParallel
 from torch.optim.lr_scheduler import OneCycleLR
 
 from strhub.data.utils import CharsetAdapter, Tokenizer
-from strhub.models.plm import generate_permutations, permutation_loss, permutation_masks
+from strhub.models.plm import generate_permutations, head_cross_entropy, permutation_masks, permutation_targets
 from strhub.models.recognizer import Recognizer
 
-# Each branch of a model: (loss weight, head, head inputs (N, T+1, D) per permutation).
-Branches = List[Tuple[float, nn.Module, List[Tensor]]]
 # A parameter whose name holds one of these (or that has fewer than two dimensions) gets no weight decay.
 NO_DECAY_MARKERS = ("bn", "ln", "bias", "logit_scale", "pos_queries", "text_embed")
 
@@ -163,19 +161,21 @@ class PLMSystem(CrossEntropySystem):
     def permutation_step(self, images: Tensor, tgt: Tensor, perms: Tensor) -> Tensor:
         """The permutation-language-model loss of images and their encoded labels (N, T+2) over permutations (P, T+2)."""
         content_masks, query_masks = permutation_masks(perms)
-        tgt_in, tgt_out = tgt[:, :-1], tgt[:, 1:]
+        tgt_in = tgt[:, :-1]
         padding = (tgt_in == self.pad_id) | (tgt_in == self.eos_id)
-        branches = self.branch_features(images, tgt_in, content_masks, query_masks, padding)
-        return permutation_loss(branches, tgt_out, self.eos_id, self.pad_id)
+        targets = permutation_targets(tgt[:, 1:], len(perms), self.eos_id, self.pad_id)
+        return self.summed_loss(images, tgt_in, targets, content_masks, query_masks, padding) / (
+            targets != self.pad_id).sum()
 
-    def branch_features(self, images: Tensor, tgt_in: Tensor, content_masks: Tensor, query_masks: Tensor,
-                        padding: Tensor) -> Branches:
-        """(loss weight, head, head inputs per permutation) of each branch: here the one decoder of PARSeq's
-        layout."""
+    def summed_loss(self, images: Tensor, tgt_in: Tensor, targets: Tensor, content_masks: Tensor,
+                    query_masks: Tensor, padding: Tensor) -> Tensor:
+        """The cross-entropy summed over every permutation's targets (P, N, T+1) (see `head_cross_entropy`), and
+        over the branches with their loss weights: here the one decoder of PARSeq's layout."""
         model = self.model
         memory_kv = model.memory_kv(model.encode(images))
-        return [(1.0, model.head, [model.features(tgt_in, memory_kv, None, query_masks[k], content_masks[k], padding)
-                                   for k in range(len(query_masks))])]
+        features = torch.stack([model.features(tgt_in, memory_kv, None, query_masks[k], content_masks[k], padding)
+                                for k in range(len(query_masks))])
+        return head_cross_entropy(model.head, features, targets, self.pad_id)[0]
 
     def linear_lr(self) -> float:
         """The base learning rate scaled by the effective batch / 512 (CLIP4STR's rule)."""

@@ -2,7 +2,7 @@
 by a batch, their attention masks, and the loss over the permutations of one or more branches."""
 import math
 from itertools import permutations
-from typing import Sequence, Tuple
+from typing import Any, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -59,25 +59,73 @@ def permutation_masks(perms: Tensor) -> Tuple[Tensor, Tensor]:
     return content, query
 
 
-def permutation_loss(branches: Sequence[Tuple[float, nn.Module, Sequence[Tensor]]], tgt_out: Tensor, eos_id: int,
-                     pad_id: int) -> Tensor:
-    """The original's loss: for each permutation k, the sum over branches of weight x cross-entropy,
-    weighted by the permutation's target count n_k, over the sum of the n_k. Permutations after the
-    first two (forward and reverse) do not train EOS. `branches` holds (weight, head, head inputs per
-    permutation (N, T+1, D)); the head runs on the positions that have a target only, which with a
-    large charset saves most of the step (padding adds nothing to the loss)."""
+def permutation_targets(tgt_out: Tensor, num_perms: int, eos_id: int, pad_id: int) -> Tensor:
+    """The targets (P, N, T+1) of each permutation, as the original trains them: permutations after the first
+    two (forward and reverse) do not train EOS. The loss is each branch's summed cross-entropy over these
+    targets, weighted, over the count of targets that are not padding."""
     no_eos = torch.where(tgt_out == eos_id, pad_id, tgt_out)
-    loss = tgt_out.new_zeros((), dtype=torch.float)
-    numel = tgt_out.new_zeros(())
-    for k in range(len(branches[0][2])):
-        targets = tgt_out if k < 2 else no_eos
-        rows = targets != pad_id
-        for weight, head, features in branches:
-            if features[k].is_meta:  # the memory planner's profile has no values to pick rows by: every position
-                ce = F.cross_entropy(head(features[k]).flatten(end_dim=1), targets.flatten(), ignore_index=pad_id,
-                                     reduction="sum")
-            else:
-                ce = F.cross_entropy(head(features[k][rows]), targets[rows], reduction="sum")
-            loss = loss + weight * ce
-        numel = numel + rows.sum()
-    return loss / numel
+    return torch.stack([tgt_out if k < 2 else no_eos for k in range(num_perms)])
+
+
+class _LinearCrossEntropy(torch.autograd.Function):
+    """The summed cross-entropy of a linear head's logits `inputs @ weight.T + bias` (R, C) against targets (R,),
+    and each row's argmax class. The rows go a chunk at a time, whose log-probabilities become their gradient in
+    place: the (R, C) logits and their softmax never exist whole, and no pass over them is left for the backward."""
+
+    @staticmethod
+    def forward(ctx: Any, inputs: Tensor, weight: Tensor, bias: Tensor, targets: Tensor) -> Tuple[Tensor, Tensor]:
+        chunk = max(1, CHUNK_ELEMENTS // len(weight))
+        want_grad = any(ctx.needs_input_grad[:3])
+        loss = inputs.new_zeros((), dtype=torch.float)
+        ids, grad_inputs = [targets.new_empty(0)], [inputs.new_empty(0, inputs.shape[1])]
+        grad_weight, grad_bias = torch.zeros_like(weight), torch.zeros_like(bias)
+        for start in range(0, len(inputs), chunk):
+            rows, row_targets = inputs[start:start + chunk], targets[start:start + chunk, None]
+            log_probs = F.linear(rows, weight, bias).float().log_softmax(-1)
+            ids.append(log_probs.max(-1).indices)
+            loss = loss - log_probs.gather(1, row_targets).sum()
+            if want_grad:  # softmax - one-hot, in place
+                grad = log_probs.exp_().scatter_add_(1, row_targets, log_probs.new_full(row_targets.shape, -1.0))
+                grad_inputs.append(grad.to(weight.dtype) @ weight)
+                grad_weight += grad.t().to(rows.dtype) @ rows
+                grad_bias += grad.sum(0)
+        ids = torch.cat(ids)
+        ctx.mark_non_differentiable(ids)
+        ctx.save_for_backward(torch.cat(grad_inputs).to(inputs.dtype), grad_weight, grad_bias)
+        return loss, ids
+
+    @staticmethod
+    def backward(ctx: Any, grad_loss: Tensor, grad_ids: Optional[Tensor]) -> Tuple[Optional[Tensor], ...]:
+        return tuple(grad * grad_loss for grad in ctx.saved_tensors) + (None,)
+
+
+# Logits held at a time by the chunked head loss (16 MiB in fp32): large charsets go a few hundred rows at a time.
+CHUNK_ELEMENTS = 2**22
+
+
+def head_cross_entropy(head: nn.Linear, features: Tensor, targets: Tensor, ignore_id: int,
+                       all_ids: bool = False) -> Tuple[Tensor, Optional[Tensor]]:
+    """The cross-entropy of `head(features)` (..., D) summed over the positions whose target (...) is not
+    `ignore_id`, the only ones the head runs on with gradients; with `all_ids`, also the argmax class of every
+    position (...), which the positions without a target get from a forward pass alone. Equal to
+    `F.cross_entropy(head(features), targets, ignore_index=ignore_id, reduction="sum")` and its gradients."""
+    if features.is_meta:  # the memory planner's profile has no values to pick rows by: every position
+        loss, ids = _LinearCrossEntropy.apply(features.flatten(end_dim=-2), head.weight, head.bias, targets.flatten())
+        return loss, ids.view(targets.shape) if all_ids else None
+    rows = targets != ignore_id
+    loss, target_ids = _LinearCrossEntropy.apply(features[rows], head.weight, head.bias, targets[rows])
+    if not all_ids:
+        return loss, None
+    ids = torch.empty_like(targets)
+    ids[rows] = target_ids
+    ids[~rows] = argmax_classes(head, features[~rows].detach())
+    return loss, ids
+
+
+@torch.no_grad()
+def argmax_classes(head: nn.Linear, features: Tensor) -> Tensor:
+    """The argmax class of `head(features)` (..., D) at every position (...), a chunk of rows at a time."""
+    rows = features.flatten(end_dim=-2)
+    chunk = max(1, CHUNK_ELEMENTS // head.out_features)
+    ids = [head(rows[start:start + chunk]).max(-1).indices for start in range(0, len(rows), chunk)]
+    return (torch.cat(ids) if ids else rows.new_empty(0, dtype=torch.long)).view(features.shape[:-1])

@@ -128,29 +128,29 @@ class CLIP4STR(Recognizer):
             image = image @ self.clip_model.visual.proj
         return self.cross_decoder.memory_kv(image)
 
-    def caption_kv(self, visual_logits: List[Tensor]) -> List[List[KeyValue]]:
-        """For each tensor of visual logits (N, L, C), the cross decoder's keys and values of the text
-        part of its memory: the CLIP encoding of the captions read off the logits. The captions of
-        all the tensors are encoded together."""
-        if visual_logits[0].is_meta:
-            features = self.encode_caption_ids(self.planning_caption_ids(visual_logits))
+    def caption_kv(self, visual_ids: List[Tensor]) -> List[List[KeyValue]]:
+        """For each tensor of visual predictions (N, L) (the argmax classes of visual logits), the cross decoder's
+        keys and values of the text part of its memory: the CLIP encoding of their captions. The captions of all
+        the tensors are encoded together."""
+        if visual_ids[0].is_meta:
+            features = self.encode_caption_ids(self.planning_caption_ids(visual_ids))
         else:
-            captions = [caption for logits in visual_logits for caption in self.captions(logits)]
-            features = self.encode_captions(captions, visual_logits[0].device)
+            captions = [caption for ids in visual_ids for caption in self.captions(ids)]
+            features = self.encode_captions(captions, visual_ids[0].device)
         text_kv = self.cross_decoder.memory_kv(features)
-        sizes = [len(logits) for logits in visual_logits]
+        sizes = [len(ids) for ids in visual_ids]
         parts = [list(zip(key.split(sizes), value.split(sizes))) for key, value in text_kv]
         return [[layer[i] for layer in parts] for i in range(len(sizes))]
 
-    def captions(self, visual_logits: Tensor) -> List[str]:
-        """The captions read off visual logits (N, L, C), as the original reads them (their argmax, which is that
-        of their softmax: no softmax over the charset is needed)."""
-        return self.tokenizer.decode_fast(visual_logits.detach(), self.charset_adapter)[0]
+    def captions(self, visual_ids: Tensor) -> List[str]:
+        """The captions of visual predictions (N, L), as the original reads them off the visual logits (their
+        argmax classes), through the test charset."""
+        return self.tokenizer.captions(visual_ids, self.charset_adapter)
 
-    def planning_caption_ids(self, visual_logits: List[Tensor]) -> Tensor:
-        """For logits without values (the meta device, on which training memory is planned): CLIP token ids, on the
+    def planning_caption_ids(self, visual_ids: List[Tensor]) -> Tensor:
+        """For predictions without values (the meta device, on which training memory is planned): CLIP token ids, on the
         host, of captions that fill the context and share no prefix, the most memory the text encoder can take."""
-        count = sum(len(logits) for logits in visual_logits)
+        count = sum(len(ids) for ids in visual_ids)
         token_ids = torch.arange(1, count + 1).unsqueeze(1).expand(-1, self.context_length).clone()
         token_ids[:, 0], token_ids[:, -1] = self.caption_tokenizer.sot_token_id, self.caption_tokenizer.eot_token_id
         return token_ids
@@ -193,7 +193,8 @@ class CLIP4STR(Recognizer):
             return visual_passes[-1]
 
         image_kv = self.cross_image_kv(memory)
-        cross_kvs = [self.join_kv(image_kv, text_kv) for text_kv in self.caption_kv(visual_passes)]
+        text_kvs = self.caption_kv([passed.max(-1).indices for passed in visual_passes])
+        cross_kvs = [self.join_kv(image_kv, text_kv) for text_kv in text_kvs]
         # The cross branch decodes as many steps as the visual one did, without stopping early.
         cross_logits = self.first_pass(self.cross_decoder, cross_kvs[0], tokens,
                                        logits.shape[1] if self.decode_ar else num_steps, stop_early=False)

@@ -4,10 +4,11 @@ from typing import Any, Dict, List, Optional, Sequence, Union
 import torch
 from torch import Tensor
 
-from strhub.models.base import Branches, PLMSystem, split_decay
+from strhub.models.base import PLMSystem, split_decay
 from strhub.models.clip import arch_to_config
 from strhub.models.clip4str.model import CLIP4STR
 from strhub.models.decoder import cloze_mask
+from strhub.models.plm import head_cross_entropy
 from strhub.models.text_towers import create_text_tower
 
 
@@ -49,41 +50,41 @@ class CLIP4STRSystem(PLMSystem):
         self.coef_wd = coef_wd
         self.find_unused_parameters = find_unused_parameters
 
-    def branch_features(self, images: Tensor, tgt_in: Tensor, content_masks: Tensor, query_masks: Tensor,
-                        padding: Tensor) -> Branches:
-        """The visual branch, and the cross branch weighted by `cross_loss_w`. The captions and the cross
-        branch's context read the visual predictions, which get no gradient from them: they are computed
-        apart, without gradients."""
+    def summed_loss(self, images: Tensor, tgt_in: Tensor, targets: Tensor, content_masks: Tensor,
+                    query_masks: Tensor, padding: Tensor) -> Tensor:
+        """The visual branch's summed cross-entropy, plus the cross branch's weighted by `cross_loss_w`. The
+        captions and the cross branch's context read the visual predictions (every position's argmax class),
+        which get no gradient from them."""
         model = self.model
         memory = model.encode(images)
         visual_kv = model.visual_decoder.memory_kv(memory)
-        visual_features = [model.visual_decoder.features(tgt_in, visual_kv, None, query_masks[k], content_masks[k],
-                                                         padding) for k in range(len(query_masks))]
-        branches = [(1.0, model.visual_decoder.head, visual_features)]
+        visual = torch.stack([model.visual_decoder.features(tgt_in, visual_kv, None, query_masks[k], content_masks[k],
+                                                            padding) for k in range(len(query_masks))])
+        loss, visual_ids = head_cross_entropy(model.visual_decoder.head, visual, targets, self.pad_id,
+                                              all_ids=model.use_language_model)
         if model.use_language_model:
-            with torch.no_grad():
-                visual_logits = [model.visual_decoder.head(features) for features in visual_features]
-            branches.append((self.cross_loss_w, model.cross_decoder.head,
-                             self._cross_features(visual_logits, memory, tgt_in, content_masks, query_masks, padding)))
-        return branches
+            cross = self._cross_features(list(visual_ids), memory, tgt_in, content_masks, query_masks, padding)
+            loss = loss + self.cross_loss_w * head_cross_entropy(model.cross_decoder.head, cross, targets,
+                                                                 self.pad_id)[0]
+        return loss
 
-    def _cross_features(self, visual_logits: List[Tensor], memory: Tensor, tgt_in: Tensor, content_masks: Tensor,
-                        query_masks: Tensor, padding: Tensor) -> List[Tensor]:
-        """The cross branch's head inputs for every permutation. The image part of its memory is
-        projected once, and the captions of all permutations are encoded in one call."""
+    def _cross_features(self, visual_ids: List[Tensor], memory: Tensor, tgt_in: Tensor, content_masks: Tensor,
+                        query_masks: Tensor, padding: Tensor) -> Tensor:
+        """The cross branch's head inputs (P, N, T+1, D) for every permutation, given the visual branch's argmax
+        classes (N, T+1) of each. The image part of its memory is projected once, and the captions of all
+        permutations are encoded in one call."""
         model = self.model
         decoder = model.cross_decoder
         image_kv = model.cross_image_kv(memory)
-        text_kvs = model.caption_kv(visual_logits)
+        text_kvs = model.caption_kv(visual_ids)
         cloze = cloze_mask(tgt_in.shape[1], tgt_in.device)
         features = []
         for k, text_kv in enumerate(text_kvs):
             memory_kv = model.join_kv(image_kv, text_kv)
-            context = tgt_in if self.cross_gt_context else torch.cat(
-                [tgt_in[:, :1], visual_logits[k][:, :-1].argmax(-1)], dim=1)
+            context = tgt_in if self.cross_gt_context else torch.cat([tgt_in[:, :1], visual_ids[k][:, :-1]], dim=1)
             query_mask, content_mask = (cloze, cloze) if self.cross_cloze_mask else (query_masks[k], content_masks[k])
             features.append(decoder.features(context, memory_kv, None, query_mask, content_mask, padding))
-        return features
+        return torch.stack(features)
 
     def param_groups(self) -> List[List[Tensor]]:
         """Trainable parameters in the optimizer's four groups: CLIP without and with weight decay,
