@@ -7,11 +7,13 @@ the plain model, as `read.py` does, without importing Lightning. Weights are
 random (or read from `--weights`, a checkpoint or a state dict in the original's layout, so that other
 implementations can be measured on the very same weights). Inputs are fixed by `--seed`: images
 `randn(B, 3, H, W)` clamped to [-1, 1] with generator seed + B; labels random over the training
-charset, 1 to 25 characters (or to --label-length), the first that long.
+charset, 1 to 25 characters (or to --label-length), the first that long, or as long as labels drawn from
+a dataset (`--lengths-from`: the step time depends on how many characters the batch holds).
 
     python bench_speed.py                      # B/16, 224x224, fp32, batches 1 and 8, training at 8
     python bench_speed.py --device cuda --precision bf16 --batches 1 256 --train-batch 128
     python bench_speed.py --experiment tiny --charset-file chars.txt --train-batch 64   # a large charset
+    python bench_speed.py --experiment tiny --train-batch 32 --lengths-from data/train/real   # real label lengths
     python bench_speed.py --experiment parseq --batches 1 64
 """
 import argparse
@@ -20,7 +22,8 @@ import multiprocessing as mp
 import random
 import statistics
 import time
-from typing import Any, Callable, Dict, List, Optional
+from pathlib import Path
+from typing import Any, Callable, Dict, List, Optional, Sequence
 
 import torch
 
@@ -64,12 +67,33 @@ class EncoderClock:
         return memory
 
 
-def training_labels(charset: str, count: int, max_length: int, seed: int) -> List[str]:
-    """Random labels of 1 to `max_length` characters, the first one as long as allowed."""
+def training_labels(charset: str, count: int, max_length: int, seed: int,
+                    lengths: Optional[Sequence[int]] = None) -> List[str]:
+    """Random labels of 1 to `max_length` characters, the first one as long as allowed; or, given `lengths`,
+    labels as long as lengths drawn from them (at most `max_length`)."""
     rng = random.Random(seed)
-    labels = ["".join(rng.choice(charset) for _ in range(rng.randint(1, max_length))) for _ in range(count)]
-    labels[0] = "".join(rng.choice(charset) for _ in range(max_length))
-    return labels
+    if lengths:
+        sizes = [min(rng.choice(lengths), max_length) for _ in range(count)]
+    else:
+        sizes = [max_length] + [rng.randint(1, max_length) for _ in range(count - 1)]
+    return ["".join(rng.choice(charset) for _ in range(size)) for size in sizes]
+
+
+def dataset_label_lengths(path: str) -> List[int]:
+    """The lengths of the labels of an LMDB, of every LMDB under a folder, or of a text file (a label per line)."""
+    from strhub.data.dataset import find_lmdbs, read_label, read_num_samples, shared_env
+
+    root = Path(path)
+    if root.is_file():
+        return [len(line) for line in root.read_text(encoding="utf-8").splitlines() if line]
+    lengths = []
+    for lmdb_root in find_lmdbs(root):
+        with shared_env(lmdb_root).begin() as txn:
+            total = read_num_samples(txn, lmdb_root)
+            lengths += [len(read_label(txn, lmdb_root, index, total)) for index in range(1, total + 1)]
+    if not lengths:
+        raise SystemExit(f"--lengths-from {path}: no labels there (an LMDB, a folder of LMDBs or a text file)")
+    return lengths
 
 
 def charset_overrides(args: argparse.Namespace) -> Dict[str, str]:
@@ -137,7 +161,8 @@ def measure(args: argparse.Namespace, task: str, batch: int, queue: mp.Queue) ->
         result["after_encoder_seconds"] = statistics.median(t - e for t, e in zip(totals, encoder))
     else:
         max_length = min(args.label_length or model.hparams.max_label_length, model.hparams.max_label_length)
-        labels = training_labels(model.hparams.charset_train, batch, max_length, args.seed)
+        lengths = dataset_label_lengths(args.lengths_from) if args.lengths_from else None
+        labels = training_labels(model.hparams.charset_train, batch, max_length, args.seed, lengths)
         params = [p for p in model.parameters() if p.requires_grad]
         optimizer = torch.optim.AdamW(params, lr=1e-5, fused=device.type in ("cuda", "cpu"))
 
@@ -191,6 +216,8 @@ def main(argv: Optional[List[str]] = None) -> None:
     parser.add_argument("--train-batch", type=int, default=8, help="training batch size (0: skip)")
     parser.add_argument("--label-length", type=int, default=0,
                         help="longest training label (0: the model's max_label_length, 25)")
+    parser.add_argument("--lengths-from", help="training labels as long as those of this dataset (an LMDB, a folder "
+                        "of LMDBs or a text file of labels), their characters random")
     parser.add_argument("--compile", action="store_true", help="compile the image encoder (torch.compile)")
     parser.add_argument("--grad-checkpointing", action="store_true",
                         help="training: recompute the encoder blocks in the backward pass")

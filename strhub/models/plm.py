@@ -69,11 +69,12 @@ def permutation_targets(tgt_out: Tensor, num_perms: int, eos_id: int, pad_id: in
 
 class _LinearCrossEntropy(torch.autograd.Function):
     """The summed cross-entropy of a linear head's logits `inputs @ weight.T + bias` (R, C) against targets (R,),
-    and each row's argmax class. The rows go a chunk at a time, whose log-probabilities become their gradient in
+    and (`with_ids`) each row's argmax class. The rows go a chunk at a time, whose log-probabilities become their gradient in
     place: the (R, C) logits and their softmax never exist whole, and no pass over them is left for the backward."""
 
     @staticmethod
-    def forward(ctx: Any, inputs: Tensor, weight: Tensor, bias: Tensor, targets: Tensor) -> Tuple[Tensor, Tensor]:
+    def forward(ctx: Any, inputs: Tensor, weight: Tensor, bias: Tensor, targets: Tensor,
+                with_ids: bool) -> Tuple[Tensor, Tensor]:
         chunk = max(1, CHUNK_ELEMENTS // len(weight))
         want_grad = any(ctx.needs_input_grad[:3])
         loss = inputs.new_zeros((), dtype=torch.float)
@@ -82,7 +83,8 @@ class _LinearCrossEntropy(torch.autograd.Function):
         for start in range(0, len(inputs), chunk):
             rows, row_targets = inputs[start:start + chunk], targets[start:start + chunk, None]
             log_probs = F.linear(rows, weight, bias).float().log_softmax(-1)
-            ids.append(log_probs.max(-1).indices)
+            if with_ids:
+                ids.append(log_probs.max(-1).indices)
             loss = loss - log_probs.gather(1, row_targets).sum()
             if want_grad:  # softmax - one-hot, in place
                 grad = log_probs.exp_().scatter_add_(1, row_targets, log_probs.new_full(row_targets.shape, -1.0))
@@ -96,7 +98,7 @@ class _LinearCrossEntropy(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx: Any, grad_loss: Tensor, grad_ids: Optional[Tensor]) -> Tuple[Optional[Tensor], ...]:
-        return tuple(grad * grad_loss for grad in ctx.saved_tensors) + (None,)
+        return tuple(grad * grad_loss for grad in ctx.saved_tensors) + (None, None)
 
 
 # Logits held at a time by the chunked head loss (16 MiB in fp32): large charsets go a few hundred rows at a time.
@@ -110,10 +112,11 @@ def head_cross_entropy(head: nn.Linear, features: Tensor, targets: Tensor, ignor
     position (...), which the positions without a target get from a forward pass alone. Equal to
     `F.cross_entropy(head(features), targets, ignore_index=ignore_id, reduction="sum")` and its gradients."""
     if features.is_meta:  # the memory planner's profile has no values to pick rows by: every position
-        loss, ids = _LinearCrossEntropy.apply(features.flatten(end_dim=-2), head.weight, head.bias, targets.flatten())
+        loss, ids = _LinearCrossEntropy.apply(features.flatten(end_dim=-2), head.weight, head.bias, targets.flatten(),
+                                              all_ids)
         return loss, ids.view(targets.shape) if all_ids else None
     rows = targets != ignore_id
-    loss, target_ids = _LinearCrossEntropy.apply(features[rows], head.weight, head.bias, targets[rows])
+    loss, target_ids = _LinearCrossEntropy.apply(features[rows], head.weight, head.bias, targets[rows], all_ids)
     if not all_ids:
         return loss, None
     ids = torch.empty_like(targets)
