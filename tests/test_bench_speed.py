@@ -50,3 +50,22 @@ def test_bench_speed_measures_a_checkpoint_of_another_family(tmp_path: Path) -> 
                          text=True, timeout=600)
     assert run.returncode == 0, run.stderr
     assert re.search(r"^inference batch +2: .*encoder .*after encoder", run.stdout, re.M)
+
+
+def test_training_labels_take_their_lengths_from_a_dataset(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.syspath_prepend(str(REPO))
+    import bench_speed
+    from strhub.tools.create_lmdb import write_lmdb
+
+    write_lmdb(tmp_path / "train" / "a", [(b"img", "ab"), (b"img", "abcdef")])
+    write_lmdb(tmp_path / "train" / "b", [(b"img", "北京")])
+    assert sorted(bench_speed.dataset_label_lengths(str(tmp_path / "train"))) == [2, 2, 6]
+    (tmp_path / "labels.txt").write_text("word\n\nαθήνα\n", encoding="utf-8")
+    assert bench_speed.dataset_label_lengths(str(tmp_path / "labels.txt")) == [4, 5]
+    with pytest.raises(SystemExit, match="no labels there"):
+        bench_speed.dataset_label_lengths(str(tmp_path / "labels-elsewhere"))
+
+    labels = bench_speed.training_labels("xyz", 64, 5, seed=0, lengths=[2, 6])
+    assert {len(label) for label in labels} == {2, 5} and set("".join(labels)) <= set("xyz")
+    uniform = bench_speed.training_labels("xyz", 64, 5, seed=0)
+    assert len(uniform[0]) == 5 and {len(label) for label in uniform} == {1, 2, 3, 4, 5}
