@@ -67,10 +67,15 @@ def permutation_targets(tgt_out: Tensor, num_perms: int, eos_id: int, pad_id: in
     return torch.stack([tgt_out if k < 2 else no_eos for k in range(num_perms)])
 
 
+# Logits held at a time by the chunked head loss (16 MiB in fp32): large charsets go a few hundred rows at a time.
+CHUNK_ELEMENTS = 2**22
+
+
 class _LinearCrossEntropy(torch.autograd.Function):
     """The summed cross-entropy of a linear head's logits `inputs @ weight.T + bias` (R, C) against targets (R,),
-    and (`with_ids`) each row's argmax class. The rows go a chunk at a time, whose log-probabilities become their gradient in
-    place: the (R, C) logits and their softmax never exist whole, and no pass over them is left for the backward."""
+    and (`with_ids`) each row's argmax class. The rows go a chunk at a time, whose log-probabilities become their
+    gradient in place: the (R, C) logits and their softmax never exist whole, and no pass over them is left for
+    the backward."""
 
     @staticmethod
     def forward(ctx: Any, inputs: Tensor, weight: Tensor, bias: Tensor, targets: Tensor,
@@ -99,10 +104,6 @@ class _LinearCrossEntropy(torch.autograd.Function):
     @staticmethod
     def backward(ctx: Any, grad_loss: Tensor, grad_ids: Optional[Tensor]) -> Tuple[Optional[Tensor], ...]:
         return tuple(grad * grad_loss for grad in ctx.saved_tensors) + (None, None)
-
-
-# Logits held at a time by the chunked head loss (16 MiB in fp32): large charsets go a few hundred rows at a time.
-CHUNK_ELEMENTS = 2**22
 
 
 def head_cross_entropy(head: nn.Linear, features: Tensor, targets: Tensor, ignore_id: int,
