@@ -81,16 +81,12 @@ def training_labels(charset: str, count: int, max_length: int, seed: int,
 
 def dataset_label_lengths(path: str) -> List[int]:
     """The lengths of the labels of an LMDB, of every LMDB under a folder, or of a text file (a label per line)."""
-    from strhub.data.dataset import find_lmdbs, read_label, read_num_samples, shared_env
+    from strhub.data.dataset import find_lmdbs, lmdb_labels
 
     root = Path(path)
     if root.is_file():
         return [len(line) for line in root.read_text(encoding="utf-8").splitlines() if line]
-    lengths = []
-    for lmdb_root in find_lmdbs(root):
-        with shared_env(lmdb_root).begin() as txn:
-            total = read_num_samples(txn, lmdb_root)
-            lengths += [len(read_label(txn, lmdb_root, index, total)) for index in range(1, total + 1)]
+    lengths = [len(label) for lmdb_root in find_lmdbs(root) for label in lmdb_labels(lmdb_root)]
     if not lengths:
         raise SystemExit(f"--lengths-from {path}: no labels there (an LMDB, a folder of LMDBs or a text file)")
     return lengths

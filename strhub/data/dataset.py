@@ -5,13 +5,14 @@ import unicodedata
 import warnings
 from collections import Counter
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple, Union
 
 import lmdb
 import torch
 from PIL import Image
 from pytorch_lightning.utilities import rank_zero_info
 from torch.utils.data import ConcatDataset, Dataset, default_collate
+from tqdm import tqdm
 
 from strhub.data.transforms import to_rgb
 from strhub.data.utils import CharsetAdapter
@@ -63,6 +64,15 @@ def read_label(txn: lmdb.Transaction, root: Union[str, Path], index: int, total:
         return raw.decode("utf-8")
     except UnicodeDecodeError as err:
         raise ValueError(f"{root}: {key} is not valid UTF-8 ({err})") from None
+
+
+def lmdb_labels(root: Union[str, Path], progress: bool = False) -> Iterator[str]:
+    """Every label of the LMDB at `root` as stored, in record order (`read_label`), with a progress bar if asked."""
+    with shared_env(root).begin() as txn:
+        total = read_num_samples(txn, root)
+        for index in tqdm(range(1, total + 1), desc=Path(root).name, unit="label", disable=None if progress else True,
+                          leave=False):
+            yield read_label(txn, root, index, total)
 
 
 def normalize_label(label: str, remove_whitespace: bool, normalize_unicode: bool) -> str:

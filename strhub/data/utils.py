@@ -110,13 +110,19 @@ class Tokenizer:
         """Caption decoding as the original does it (see `captions`), with each caption's probabilities up to
         its cut."""
         max_probs, max_ids = token_dists.max(-1)
-        strings = self.captions(max_ids, charset_adapter)
-        cuts = [len(self.ids_to_string(ids).partition(self.EOS)[0]) + 1 for ids in max_ids.tolist()]
-        return strings, [sample_probs[:cut] for sample_probs, cut in zip(max_probs, cuts)]
+        texts = self._cut_at_eos(max_ids)
+        probs = [sample_probs[:len(text) + 1] for sample_probs, text in zip(max_probs, texts)]
+        return self._adapted(texts, charset_adapter), probs
 
     def captions(self, ids: Tensor, charset_adapter: Optional[CharsetAdapter] = None) -> List[str]:
         """The captions of class ids (N, L), as the original makes them: all ids, EOS rendered as the text `[E]`,
         are joined and the string is cut at the first `[E]` substring (a genuine `[`, `E`, `]` sequence cuts it
         too), then the adapter is applied."""
-        texts = [self.ids_to_string(sample).partition(self.EOS)[0] for sample in ids.tolist()]
+        return self._adapted(self._cut_at_eos(ids), charset_adapter)
+
+    def _cut_at_eos(self, ids: Tensor) -> List[str]:
+        return [self.ids_to_string(sample).partition(self.EOS)[0] for sample in ids.tolist()]
+
+    @staticmethod
+    def _adapted(texts: List[str], charset_adapter: Optional[CharsetAdapter]) -> List[str]:
         return [charset_adapter(text) for text in texts] if charset_adapter is not None else texts

@@ -4,7 +4,7 @@
 doing the arithmetic: the encoder, greedy decoding through the step graph (`greedy_decode` itself,
 with its early stop once every sample of the batch has produced EOS; the content cache is carried
 from step to step), the refinement passes and, for CLIP4STR, the cross branch: each visual pass's
-prediction becomes a caption (`Tokenizer.decode_fast` and the test charset, then CLIP's BPE, both in
+prediction becomes a caption (`Tokenizer.captions` and the test charset, then CLIP's BPE, both in
 Python: they cannot live in a graph), the caption graph gives the cross decoder's memory, and the
 cross branch decodes as many steps as the visual one did, then refines over the next passes' memories.
 """

@@ -71,6 +71,11 @@ def permutation_targets(tgt_out: Tensor, num_perms: int, eos_id: int, pad_id: in
 CHUNK_ELEMENTS = 2**22
 
 
+def chunk_rows(num_classes: int) -> int:
+    """Rows of a head over `num_classes` classes that make one chunk of `CHUNK_ELEMENTS` logits."""
+    return max(1, CHUNK_ELEMENTS // num_classes)
+
+
 class _LinearCrossEntropy(torch.autograd.Function):
     """The summed cross-entropy of a linear head's logits `inputs @ weight.T + bias` (R, C) against targets (R,),
     and (`with_ids`) each row's argmax class. The rows go a chunk at a time, whose log-probabilities become their
@@ -80,7 +85,7 @@ class _LinearCrossEntropy(torch.autograd.Function):
     @staticmethod
     def forward(ctx: Any, inputs: Tensor, weight: Tensor, bias: Tensor, targets: Tensor,
                 with_ids: bool) -> Tuple[Tensor, Tensor]:
-        chunk = max(1, CHUNK_ELEMENTS // len(weight))
+        chunk = chunk_rows(len(weight))
         want_grad = any(ctx.needs_input_grad[:3])
         loss = inputs.new_zeros((), dtype=torch.float)
         ids, grad_inputs = [targets.new_empty(0)], [inputs.new_empty(0, inputs.shape[1])]
@@ -130,6 +135,6 @@ def head_cross_entropy(head: nn.Linear, features: Tensor, targets: Tensor, ignor
 def argmax_classes(head: nn.Linear, features: Tensor) -> Tensor:
     """The argmax class of `head(features)` (..., D) at every position (...), a chunk of rows at a time."""
     rows = features.flatten(end_dim=-2)
-    chunk = max(1, CHUNK_ELEMENTS // head.out_features)
+    chunk = chunk_rows(head.out_features)
     ids = [head(rows[start:start + chunk]).max(-1).indices for start in range(0, len(rows), chunk)]
     return (torch.cat(ids) if ids else rows.new_empty(0, dtype=torch.long)).view(features.shape[:-1])

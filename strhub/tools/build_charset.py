@@ -14,9 +14,8 @@ from collections import Counter
 from pathlib import Path
 from typing import Iterable, List, Optional
 
-from tqdm import tqdm
 
-from strhub.data.dataset import find_lmdbs, normalize_label, read_label, read_num_samples, shared_env
+from strhub.data.dataset import find_lmdbs, lmdb_labels, normalize_label
 from strhub.tools.common import CHARSET_PRESETS, HelpFormatter
 
 SHOWN_RARE = 20  # left-out characters named in the report
@@ -26,11 +25,8 @@ def count_label_characters(roots: Iterable[Path], keep_whitespace: bool) -> Coun
     """How often each character occurs in the labels of the LMDBs, in NFC (whitespace removed unless kept)."""
     counts: Counter = Counter()
     for root in roots:
-        with shared_env(root).begin() as txn:
-            total = read_num_samples(txn, root)
-            for index in tqdm(range(1, total + 1), desc=root.name, unit="label", disable=None, leave=False):
-                label = read_label(txn, root, index, total)
-                counts.update(normalize_label(label, not keep_whitespace, normalize_unicode=False))
+        for label in lmdb_labels(root, progress=True):
+            counts.update(normalize_label(label, not keep_whitespace, normalize_unicode=False))
     return counts
 
 
