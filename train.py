@@ -286,7 +286,7 @@ def train(config: DictConfig, cleanup: StartCleanup) -> None:
     strategy: Union[str, Strategy] = training_strategy(config.trainer.strategy, config.trainer.accelerator, processes,
                                                        model)
     if rank_zero_only.rank == 0:
-        log.info(training_plan_line(OmegaConf.to_container(config.model, resolve=True), config.trainer, processes))
+        log.info(training_plan_line(resolved["model"], config.trainer, processes))
     datamodule = instantiate(config.data)
     best = ModelCheckpoint(dirpath=run_dir / "checkpoints", monitor="val_accuracy", mode="max", save_top_k=1,
                            filename="{epoch}-{step}-{val_accuracy:.4f}-{val_NED:.4f}", save_on_train_epoch_end=False)
