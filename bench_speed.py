@@ -85,7 +85,7 @@ def dataset_label_lengths(path: str) -> List[int]:
 
     root = Path(path)
     if root.is_file():
-        return [len(line) for line in root.read_text(encoding="utf-8").splitlines() if line]
+        return [len(line) for line in root.read_text(encoding="utf-8-sig").splitlines() if line]
     lengths = [len(label) for lmdb_root in find_lmdbs(root) for label in lmdb_labels(lmdb_root)]
     if not lengths:
         raise SystemExit(f"--lengths-from {path}: no labels there (an LMDB, a folder of LMDBs or a text file)")
