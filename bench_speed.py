@@ -23,6 +23,7 @@ import random
 import statistics
 import time
 from pathlib import Path
+from queue import Empty
 from typing import Any, Callable, Dict, List, Optional, Sequence
 
 import torch
@@ -157,8 +158,7 @@ def measure(args: argparse.Namespace, task: str, batch: int, queue: mp.Queue) ->
         result["after_encoder_seconds"] = statistics.median(t - e for t, e in zip(totals, encoder))
     else:
         max_length = min(args.label_length or model.hparams.max_label_length, model.hparams.max_label_length)
-        lengths = dataset_label_lengths(args.lengths_from) if args.lengths_from else None
-        labels = training_labels(model.hparams.charset_train, batch, max_length, args.seed, lengths)
+        labels = training_labels(model.hparams.charset_train, batch, max_length, args.seed, args.label_lengths)
         params = [p for p in model.parameters() if p.requires_grad]
         optimizer = torch.optim.AdamW(params, lr=1e-5, fused=device.type in ("cuda", "cpu"))
 
@@ -188,7 +188,14 @@ def run(args: argparse.Namespace, task: str, batch: int) -> Dict[str, Any]:
     queue = context.Queue()
     process = context.Process(target=measure, args=(args, task, batch, queue))
     process.start()
-    result = queue.get()
+    while True:
+        try:
+            result = queue.get(timeout=1)
+            break
+        except Empty:
+            if not process.is_alive():
+                raise SystemExit(f"the {task} measurement at batch {batch} ended without a result (exit code "
+                                 f"{process.exitcode}; its error is printed above)") from None
     process.join()
     return result
 
@@ -227,6 +234,9 @@ def main(argv: Optional[List[str]] = None) -> None:
     args = parser.parse_args(argv)
     if args.weights and args.charset_file:
         parser.error("--charset-file sets the charset of random weights; a checkpoint keeps its own")
+    if args.weights and not Path(args.weights).is_file():
+        parser.error(f"--weights {args.weights}: no such file")
+    args.label_lengths = dataset_label_lengths(args.lengths_from) if args.lengths_from else None
     results = [run(args, "inference", batch) for batch in args.batches]
     if args.train_batch:
         results.append(run(args, "training", args.train_batch))

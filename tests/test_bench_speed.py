@@ -69,3 +69,10 @@ def test_training_labels_take_their_lengths_from_a_dataset(tmp_path: Path, monke
     assert {len(label) for label in labels} == {2, 5} and set("".join(labels)) <= set("xyz")
     uniform = bench_speed.training_labels("xyz", 64, 5, seed=0)
     assert len(uniform[0]) == 5 and {len(label) for label in uniform} == {1, 2, 3, 4, 5}
+
+
+def test_bad_paths_end_it_with_one_line_before_any_measurement(tmp_path: Path) -> None:
+    for option, message in (("--lengths-from", "no labels there"), ("--weights", "no such file")):
+        run = subprocess.run([sys.executable, "bench_speed.py", "--experiment", "tiny", option, str(tmp_path / "no")],
+                             cwd=REPO, capture_output=True, text=True, timeout=120)
+        assert run.returncode != 0 and message in run.stderr and "Traceback" not in run.stderr, run.stderr
