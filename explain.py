@@ -25,7 +25,8 @@ import torch
 from PIL import Image
 from tqdm import tqdm
 
-from strhub.cli import default_device, list_images, parse_model_args, reuse_freed_memory
+from strhub.cli import (PRECISIONS, choose_precision, default_device, inference_precision, list_images,
+                        parse_model_args, reuse_freed_memory)
 from strhub.data.transforms import get_transform
 from strhub.explain import explain
 from strhub.figures import attention_figure, save_png
@@ -73,6 +74,9 @@ def main(argv: Optional[List[str]] = None) -> None:
     parser.add_argument("--all_passes", action="store_true", help="draw every decoding pass, not just the last ones")
     parser.add_argument("--batch_size", type=int, default=1, help="images per forward pass")
     parser.add_argument("--device", default=None, help="torch device (default: cuda when available, else cpu)")
+    parser.add_argument("--precision", choices=PRECISIONS, default="32",
+                        help="32, bf16 (weights stored in bfloat16 once), 16 (autocast), or auto: bf16 where the CPU "
+                             "or GPU multiplies bfloat16 natively, else 32 (it says which)")
     argv = sys.argv[1:] if argv is None else argv
     args = parser.parse_intermixed_args([a for a in argv if not MODEL_ARG.match(a)])
     if args.batch_size < 1:
@@ -88,6 +92,7 @@ def main(argv: Optional[List[str]] = None) -> None:
         model = load_model(checkpoint, **kwargs).eval().to(device)
     except (FileNotFoundError, InvalidCheckpointError) as err:
         parser.error(str(err))
+    precision = choose_precision(args.precision, device)
     items = list(list_images(args.images))
     if not items:
         parser.error(f"no .png, .jpg or .jpeg image in {', '.join(args.images)}")
@@ -104,7 +109,8 @@ def main(argv: Optional[List[str]] = None) -> None:
         failed |= bool(errors)
         if loaded:
             images = torch.stack([tensor for _, _, tensor in loaded]).to(device)
-            explanations = explain(model, images, with_grad_cam=args.method == "gradcam")
+            with inference_precision(model, device, precision):
+                explanations = explain(model, images, with_grad_cam=args.method == "gradcam")
             for (name, source, tensor), explanation in zip(loaded, explanations):
                 path = output_path(args.out, name, source, taken)
                 path.parent.mkdir(parents=True, exist_ok=True)

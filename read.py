@@ -23,7 +23,8 @@ import torch
 from PIL import Image
 from tqdm import tqdm
 
-from strhub.cli import autocast_context, default_device, list_images, parse_model_args, reuse_freed_memory
+from strhub.cli import (PRECISIONS, choose_precision, default_device, inference_precision, list_images,
+                        parse_model_args, reuse_freed_memory)
 from strhub.data.transforms import get_transform
 from strhub.keys import ConfigError
 from strhub.models.checkpoint import InvalidCheckpointError, best_checkpoint, load_model
@@ -44,7 +45,7 @@ def read_batch(model: torch.nn.Module, transform: Callable, batch: List[Tuple[st
         except Exception as err:  # any unreadable file is reported, and the rest are still read
             records[-1]["error"] = f"{type(err).__name__}: {err}"
     if tensors:
-        with torch.inference_mode(), autocast_context(device, precision):
+        with torch.inference_mode(), inference_precision(model, device, precision):
             logits = model(torch.stack(tensors).to(device))
         texts, confidences = model.tokenizer.read(logits.float().softmax(-1))
         readable = [record for record in records if "error" not in record]
@@ -60,8 +61,9 @@ def onnx_reader(parser: argparse.ArgumentParser, args: argparse.Namespace, kwarg
     if kwargs:
         parser.error(f"--backend onnx: an export is fixed, so {', '.join(kwargs)} cannot be overridden; export the "
                      f"checkpoint with them (python export.py CHECKPOINT --out DIR {' '.join(kwargs)}...)")
-    if args.precision != "32":
-        parser.error("--backend onnx: --precision is the export's (python export.py ... --fp16 for float16)")
+    if args.precision not in ("32", "auto"):
+        parser.error("--backend onnx: --precision is the export's (python export.py ... --fp16 for float16, --int8 "
+                     "for an int8 image encoder)")
     try:
         return OnnxReader(args.checkpoint, device=args.device)
     except (ExportNotFoundError, ImportError, ValueError) as err:
@@ -78,7 +80,9 @@ def main() -> None:
                         help="images per forward pass (default 1: larger batches are faster, but the early stop of "
                              "decoding is shared by a batch, so a few hard images may read differently)")
     parser.add_argument("--device", default=None, help="torch device (default: cuda when available, else cpu)")
-    parser.add_argument("--precision", choices=("32", "bf16", "16"), default="32", help="inference precision")
+    parser.add_argument("--precision", choices=PRECISIONS, default="32",
+                        help="inference precision: 32, bf16 (weights stored in bfloat16 once), 16 (autocast), or "
+                             "auto: bf16 where the CPU or GPU multiplies bfloat16 natively, else 32 (it says which)")
     parser.add_argument("--confidence", action="store_true", help="append the prediction's confidence (0-1)")
     parser.add_argument("--json", action="store_true",
                         help="print one JSON list of {file, text, confidence} (UTF-8 text, not escaped)")
@@ -107,6 +111,7 @@ def main() -> None:
         # unknown overrides, a missing or unfit checkpoint
         except (ConfigError, FileNotFoundError, InvalidCheckpointError) as err:
             parser.error(str(err))
+    precision = "32" if args.backend == "onnx" else choose_precision(args.precision, device)
     transform = model.transform if args.backend == "onnx" else get_transform(model.image_size)
     items = list(list_images(inputs))
     if not items:
@@ -114,7 +119,7 @@ def main() -> None:
     records: List[Dict[str, Any]] = []
     progress = tqdm(total=len(items), unit="img", disable=not sys.stderr.isatty())
     for start in range(0, len(items), args.batch_size):
-        batch = read_batch(model, transform, items[start:start + args.batch_size], device, args.precision)
+        batch = read_batch(model, transform, items[start:start + args.batch_size], device, precision)
         for record in batch:
             if "error" in record:
                 tqdm.write(f"{record['file']}: error: {record['error']}", file=sys.stderr)

@@ -16,7 +16,7 @@ import logging
 from pathlib import Path
 
 from strhub.benchmarks import DEFAULT_PROTOCOL, GroupError
-from strhub.cli import parse_model_args, reuse_freed_memory, worker_count
+from strhub.cli import PRECISIONS, parse_model_args, reuse_freed_memory, worker_count
 from strhub.evaluate import evaluate_checkpoint
 from strhub.keys import ConfigError
 from strhub.models.checkpoint import InvalidCheckpointError
@@ -50,7 +50,9 @@ def main() -> None:
     parser.add_argument("--openai_meanstd", action="store_true",
                         help="normalise with CLIP's mean/std as in training (default 0.5/0.5, the original's protocol)")
     parser.add_argument("--device", default=None, help="torch device (default: cuda when available, else cpu)")
-    parser.add_argument("--precision", choices=("32", "bf16", "16"), default="32", help="inference precision")
+    parser.add_argument("--precision", choices=PRECISIONS, default="32",
+                        help="inference precision: 32, bf16 (weights stored in bfloat16 once), 16 (autocast), or "
+                             "auto: bf16 where the CPU or GPU multiplies bfloat16 natively, else 32 (it says which)")
     parser.add_argument("--errors", type=Path, default=None, metavar="DIR",
                         help="write every sample to DIR/samples.csv and each benchmark's misread images to contact "
                              "sheets in DIR/<benchmark>/, most confident first")

@@ -101,6 +101,49 @@ def autocast_context(device: Union[str, torch.device], precision: str = "32") ->
     return torch.autocast(torch.device(device).type, dtype=dtypes[precision])
 
 
+PRECISIONS = ("auto", "32", "bf16", "16")  # the inference precisions of the entry points
+NATIVE_BF16_FLAGS = ("amx_bf16", "avx512_bf16")  # /proc/cpuinfo flags of CPUs that multiply bfloat16 natively
+
+
+def native_bf16(device: Union[str, torch.device]) -> Optional[str]:
+    """Why `device` multiplies bfloat16 natively (a GPU that supports it, or a CPU flag), or None."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        return f"{torch.cuda.get_device_name(device)} supports bfloat16" if torch.cuda.is_bf16_supported() else None
+    if device.type != "cpu":
+        return None
+    try:
+        flags = set(Path("/proc/cpuinfo").read_text().split())
+    except OSError:  # no /proc (macOS, Windows): no way to tell, so float32
+        return None
+    found = [flag for flag in NATIVE_BF16_FLAGS if flag in flags]
+    return f"the CPU has {' and '.join(found)}" if found else None
+
+
+def choose_precision(precision: str, device: Union[str, torch.device], announce: bool = True) -> str:
+    """The inference precision that `precision` names on `device`: `auto` is bf16 where the device multiplies
+    bfloat16 natively (`native_bf16`), else 32, and says which on stderr when `announce`; others are kept."""
+    if precision != "auto":
+        return precision
+    reason = native_bf16(device)
+    chosen = "bf16" if reason else "32"
+    if announce:
+        print(f"--precision auto: {chosen} ({reason or f'no native bfloat16 on {torch.device(device).type}'})",
+              file=sys.stderr)
+    return chosen
+
+
+def inference_precision(model: torch.nn.Module, device: Union[str, torch.device],
+                        precision: str) -> contextlib.AbstractContextManager:
+    """Readies `model` (a Recognizer, or a system that holds one as `model`) for inference at `precision` and
+    returns the context to run it in: bf16 stores the weights in bfloat16 once (`Recognizer.cast_for_inference`,
+    no autocast), 16 autocasts, 32 changes nothing."""
+    if precision == "bf16":
+        getattr(model, "model", model).cast_for_inference(torch.bfloat16)
+        return contextlib.nullcontext()
+    return autocast_context(device, precision)
+
+
 def list_images(inputs: List[str]) -> Iterator[Tuple[str, Path]]:
     """(printed name, path) of every image: folders recursively in name order, then files and globs as given."""
     for item in inputs:

@@ -22,7 +22,7 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from strhub.benchmarks import DEFAULT_PROTOCOL, BenchmarkGroup, label_lengths, select_groups
-from strhub.cli import autocast_context, default_device, worker_count
+from strhub.cli import choose_precision, default_device, inference_precision, worker_count
 from strhub.data.dataset import LmdbDataset
 from strhub.data.module import SceneTextDataModule
 from strhub.failures import SampleLog
@@ -138,7 +138,7 @@ def evaluate(model: torch.nn.Module, loaders: Dict[str, DataLoader], device: tor
             if batch is None:  # no image of the batch decoded
                 continue
             images, labels = batch
-            with autocast_context(device, precision):
+            with inference_precision(model, device, precision):
                 res = model.test_step((images.to(device), labels), batch_idx)
             if samples is not None:
                 samples.add(name, labels, res)
@@ -228,6 +228,7 @@ def evaluate_checkpoint(checkpoint: Path, data_root: Path, batch_size: int = 512
     elif not checkpoint.is_file():
         raise FileNotFoundError(f"checkpoint not found: {checkpoint}")
     device = default_device(device)
+    precision = choose_precision(precision, device)
     num_workers = worker_count(4) if num_workers is None else num_workers
     kwargs = dict(model_kwargs or {})
     kwargs["charset_test"] = protocol_charset(checkpoint, kwargs, cased, punctuation, full_charset, ignore_case)
