@@ -115,9 +115,11 @@ class OnnxReader:
     their confidences (the product of the character and EOS probabilities); `reader(images)` gives the
     logits (N, L, C) of a normalised batch (N, 3, H, W), as the PyTorch model's `forward` does in test
     mode. `device`: `cpu`, `cuda`, or None (CUDA when available); `threads`: ONNX Runtime's intra-op
-    threads (0: its default)."""
+    threads (0: its default); `float_encoder`: an export with an int8 encoder (`export.py --int8`) is read with
+    its float32 one instead."""
 
-    def __init__(self, path: Union[str, Path], device: Union[str, None] = None, threads: int = 0) -> None:
+    def __init__(self, path: Union[str, Path], device: Union[str, None] = None, threads: int = 0,
+                 float_encoder: bool = False) -> None:
         try:
             import onnxruntime
         except ImportError:
@@ -128,9 +130,11 @@ class OnnxReader:
         options.intra_op_num_threads = threads
         options.log_severity_level = 3  # warnings about float16 constant folding are noise
         providers = providers_for(device)
-        self.sessions = {name: onnxruntime.InferenceSession(str(self.folder / spec["file"]), options,
-                                                            providers=providers)
-                         for name, spec in config["graphs"].items()}
+        files = {name: spec["file"] for name, spec in config["graphs"].items()}
+        if float_encoder and config.get("quantized"):
+            files["encoder"] = config["quantized"]["float_encoder"]
+        self.sessions = {name: onnxruntime.InferenceSession(str(self.folder / file), options, providers=providers)
+                         for name, file in files.items()}
         self.inputs = {name: [spec["name"] for spec in graph["inputs"]] for name, graph in config["graphs"].items()}
         self.outputs = {name: [spec["name"] for spec in graph["outputs"]] for name, graph in config["graphs"].items()}
         self.dtype = np.dtype(config["dtype"])
