@@ -70,8 +70,10 @@ class FlopCount(TorchDispatchMode):
 
 def counted_flops(fn: Callable[[], object]) -> int:
     """Floating-point operations (a multiply-add counts 2) of the matrix products, convolutions and attention
-    that `fn` runs."""
-    with FlopCount() as counter:
+    that `fn` runs. It runs out of inference mode (with autograd as it was: off in inference mode), where linear
+    layers reach the counter as the matrix products they are."""
+    grad = torch.is_grad_enabled()
+    with torch.inference_mode(False), torch.set_grad_enabled(grad), FlopCount() as counter:
         fn()
     return counter.total
 
