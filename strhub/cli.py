@@ -103,6 +103,7 @@ def autocast_context(device: Union[str, torch.device], precision: str = "32") ->
 
 PRECISIONS = ("auto", "32", "bf16", "16")  # the inference precisions of the entry points
 NATIVE_BF16_FLAGS = ("amx_bf16", "avx512_bf16")  # /proc/cpuinfo flags of CPUs that multiply bfloat16 natively
+CPUINFO = Path("/proc/cpuinfo")
 
 
 def native_bf16(device: Union[str, torch.device]) -> Optional[str]:
@@ -113,7 +114,7 @@ def native_bf16(device: Union[str, torch.device]) -> Optional[str]:
     if device.type != "cpu":
         return None
     try:
-        flags = set(Path("/proc/cpuinfo").read_text().split())
+        flags = set(CPUINFO.read_text().split())
     except OSError:  # no /proc (macOS, Windows): no way to tell, so float32
         return None
     found = [flag for flag in NATIVE_BF16_FLAGS if flag in flags]
