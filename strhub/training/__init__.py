@@ -1,0 +1,1 @@
+"""Training: the loggers of a run (loggers.py)."""

@@ -1,0 +1,162 @@
+"""The loggers of a training run, chosen by the `logger` config group (configs/logger/: tensorboard, csv, mlflow,
+wandb; several at once with `logger=[tensorboard,mlflow]`), built with Lightning's own loggers. Every run also
+keeps its CSV log (<run>/csv/version_<N>/metrics.csv): its curves and the count of its starts are read from it.
+
+Each logger receives the metrics the progress bar shows (Lightning sends them), the run's resolved config as
+parameters and, with `run_loggers`, notes such as the memory plan; `log_outputs` adds, once training has ended, the
+figures and the test report as artefacts and the test accuracies as metrics."""
+import inspect
+import json
+import logging
+from pathlib import Path
+from typing import Any, Dict, Iterable, List, Mapping, NamedTuple, Optional, Sequence
+
+from pytorch_lightning.loggers import CSVLogger, Logger, MLFlowLogger, TensorBoardLogger, WandbLogger
+
+from strhub.keys import ConfigError, check_keys, parameters
+
+log = logging.getLogger(__name__)
+
+# The package each logger needs beyond Lightning, as setup.py's extras name it.
+EXTRAS = {"mlflow": "mlflow", "wandb": "wandb"}
+# Arguments the run sets itself, which the config does not take.
+SET_BY_RUN = {"save_dir", "version", "experiment", "run_id", "id", "dir", "sub_dir", "prefix", "kwargs"}
+# What `logger.wandb` may hold beside WandbLogger's own parameters: wandb.init's, passed on.
+WANDB_INIT = ("entity", "group", "tags", "notes", "job_type", "mode")
+
+
+class RunLoggers(NamedTuple):
+    loggers: List[Logger]
+    start: int  # which start of the run this is (0 for the first), as the CSV logs count them
+
+
+def is_path(location: Optional[str]) -> bool:
+    """Whether an MLflow store is given as a local path rather than a URI (`sqlite:///...`, `databricks`...)."""
+    return location is not None and "://" not in location and location != "databricks"
+
+
+def absolute_stores(options: Mapping[str, Any]) -> Dict[str, Any]:
+    """`options` (the `logger` config, plain data) with MLflow's local stores made absolute paths, so that they
+    stay the same stores for processes started elsewhere (Ray Tune's trials)."""
+    options = {name: dict(values or {}) for name, values in options.items()}
+    if "mlflow" in options:
+        for key in ("tracking_uri", "artifact_location"):
+            location = options["mlflow"].get(key)
+            options["mlflow"][key] = str(Path(location).absolute()) if is_path(location) else location
+    return options
+
+
+def mlflow_logger(options: Dict[str, Any], run_dir: Path) -> MLFlowLogger:
+    uri = options.pop("tracking_uri")
+    if is_path(uri):
+        Path(uri).parent.mkdir(parents=True, exist_ok=True)
+        uri = f"sqlite:///{uri}"
+    artifacts = options.pop("artifact_location", None)
+    if is_path(artifacts):
+        artifacts = Path(artifacts).as_uri()
+    tags = {"run_folder": str(run_dir), **(options.pop("tags", None) or {})}
+    run_name = options.pop("run_name", None) or run_dir.name
+    return MLFlowLogger(tracking_uri=uri, artifact_location=artifacts, tags=tags, run_name=run_name, **options)
+
+
+def wandb_logger(options: Dict[str, Any], run_dir: Path) -> WandbLogger:
+    name = options.pop("name", None) or run_dir.name
+    return WandbLogger(save_dir=str(run_dir), name=name, **options)
+
+
+def build(name: str, options: Mapping[str, Any], run_dir: Path) -> Logger:
+    """The logger `name` with the `options` of `logger.<name>`; ConfigError for an unknown logger or key, or a
+    logger whose package is not installed."""
+    classes = {"tensorboard": TensorBoardLogger, "csv": CSVLogger, "mlflow": MLFlowLogger, "wandb": WandbLogger}
+    if name not in classes:
+        raise ConfigError(f"logger.{name}: no such logger (known: {', '.join(classes)})")
+    extras = WANDB_INIT if name == "wandb" else ()
+    try:
+        annotated = parameters(classes[name], *extras)
+    except NameError:  # annotations naming types their module imports only for type checkers (W&B's Run)
+        annotated = dict.fromkeys([*inspect.signature(classes[name]).parameters, *extras], Any)
+    known = {key: kind for key, kind in annotated.items() 
+             if key not in SET_BY_RUN and not (key == "name" and name in ("tensorboard", "csv"))}
+    check_keys(options, known, f"logger.{name} key", prefix=f"logger.{name}.")
+    if name in EXTRAS:
+        try:
+            __import__(EXTRAS[name])
+        except ImportError:
+            raise ConfigError(f"logger={name} needs the {EXTRAS[name]} package: pip install "
+                              f"'strhub[{EXTRAS[name]}]'") from None
+    options = absolute_stores({name: options})[name]
+    if name == "mlflow":
+        return mlflow_logger(options, run_dir)
+    if name == "wandb":
+        return wandb_logger(options, run_dir)
+    if name == "tensorboard":
+        return TensorBoardLogger(run_dir, name="", version="", **options)
+    return CSVLogger(run_dir, name="csv", **options)
+
+
+def run_loggers(options: Mapping[str, Any], run_dir: Path, config: Mapping[str, Any],
+                notes: Mapping[str, str] = ()) -> RunLoggers:
+    """The loggers `options` (the `logger` config) names, writing to `run_dir`, and the CSV logger in any case;
+    each has `config` (the resolved run config, plain data) as its parameters and `notes` (name: a line of text)
+    recorded. ConfigError for an unknown logger or key."""
+    chosen = [build(name, values or {}, run_dir) for name, values in options.items() if name != "csv"]
+    csv = build("csv", options.get("csv") or {}, run_dir)
+    loggers = [*chosen, csv]
+    for logger in loggers:
+        logger.log_hyperparams(dict(config))
+    log_notes(loggers, dict(notes))
+    return RunLoggers(loggers, int(csv.version))
+
+
+def log_notes(loggers: Iterable[Logger], notes: Mapping[str, str]) -> None:
+    """Lines of text beside the metrics: MLflow tags, W&B config entries, TensorBoard text (the CSV log has
+    none: train.log holds them)."""
+    for logger in loggers:
+        for name, text in notes.items():
+            if isinstance(logger, MLFlowLogger):
+                logger.experiment.set_tag(logger.run_id, name, text)
+            elif isinstance(logger, WandbLogger):
+                logger.experiment.config.update({name: text}, allow_val_change=True)
+            elif isinstance(logger, TensorBoardLogger):
+                logger.experiment.add_text(name, text)
+
+
+def test_metrics(report: Path) -> Dict[str, float]:
+    """The accuracy and NED of each group (its Combined row) of a test.py JSON report, as `test/<group>/<metric>`."""
+    groups = json.loads(report.read_text(encoding="utf-8")).get("groups", {})
+    return {f"test/{group}/{metric}": float(values[metric]) for group, values in groups.items()
+            for metric in ("accuracy", "ned") if values.get(metric) is not None}
+
+
+def run_outputs(run_dir: Path, checkpoint: Optional[Path]) -> List[Path]:
+    """What a run leaves for its trackers: its figures (curves.png, error galleries under errors/) and the test
+    reports written beside `checkpoint` (`<checkpoint>.log_*`)."""
+    files = sorted(run_dir.glob("*.png")) + sorted((run_dir / "errors").rglob("*.png"))
+    if checkpoint is not None:
+        files += sorted(checkpoint.parent.glob(f"{checkpoint.name}.log_*"))
+    return [path for path in files if path.is_file()]
+
+
+def log_outputs(loggers: Sequence[Logger], run_dir: Path, checkpoint: Optional[Path]) -> None:
+    """Logs `run_outputs` as artefacts (MLflow, W&B; TensorBoard gets the test table as text), the test metrics,
+    and closes the W&B run, which Lightning leaves open."""
+    files = run_outputs(run_dir, checkpoint)
+    reports = [path for path in files if path.suffix == ".json"]
+    metrics = {name: value for report in reports for name, value in test_metrics(report).items()}
+    for logger in loggers:
+        if metrics and not isinstance(logger, CSVLogger):
+            logger.log_metrics(metrics)
+        for path in files:
+            folder = "figures" if path.suffix == ".png" else "test"
+            if isinstance(logger, MLFlowLogger):
+                logger.experiment.log_artifact(logger.run_id, str(path), folder)
+            elif isinstance(logger, WandbLogger):
+                logger.experiment.save(str(path), base_path=str(path.parent), policy="now")
+            elif isinstance(logger, TensorBoardLogger) and path.suffix == ".md":
+                logger.experiment.add_text("test", path.read_text(encoding="utf-8"))
+        if isinstance(logger, WandbLogger):
+            logger.experiment.finish()
+        elif isinstance(logger, TensorBoardLogger):
+            logger.experiment.flush()
+    if files:
+        log.info("Logged %d files to the trackers: %s", len(files), ", ".join(path.name for path in files))
