@@ -30,6 +30,7 @@ setup(
         "strhub-filter-lmdb = strhub.tools.filter_lmdb:main",
         "strhub-build-dataset = strhub.tools.build_dataset:main",
         "strhub-compare-runs = strhub.tools.compare_runs:main",
+        "strhub-tune = strhub.app.tune:main",
         "strhub-convert-icdar = strhub.tools.convert.icdar:main",
         "strhub-convert-cocotext = strhub.tools.convert.cocotext:main",
         "strhub-convert-textocr = strhub.tools.convert.textocr:main",

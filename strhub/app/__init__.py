@@ -1,0 +1,1 @@
+"""The commands (their main functions): tune.py."""
