@@ -8,6 +8,7 @@ figures and the test report as artefacts and the test accuracies as metrics."""
 import inspect
 import json
 import logging
+import re
 from pathlib import Path
 from typing import Any, Dict, Iterable, List, Mapping, NamedTuple, Optional, Sequence
 
@@ -122,10 +123,11 @@ def log_notes(loggers: Iterable[Logger], notes: Mapping[str, str]) -> None:
 
 
 def test_metrics(report: Path) -> Dict[str, float]:
-    """The accuracy and NED of each group (its Combined row) of a test.py JSON report, as `test/<group>/<metric>`."""
+    """The accuracy and NED of each group (its Combined row) of a test.py JSON report, as `test/<group>/<metric>`
+    with the group's name in the letters every tracker takes (`Benchmark (Subset)`: `Benchmark_Subset`)."""
     groups = json.loads(report.read_text(encoding="utf-8")).get("groups", {})
-    return {f"test/{group}/{metric}": float(values[metric]) for group, values in groups.items()
-            for metric in ("accuracy", "ned") if values.get(metric) is not None}
+    return {f"test/{re.sub(r'[^A-Za-z0-9_.-]+', '_', group).strip('_')}/{metric}": float(values[metric])
+            for group, values in groups.items() for metric in ("accuracy", "ned") if values.get(metric) is not None}
 
 
 def run_outputs(run_dir: Path, checkpoint: Optional[Path]) -> List[Path]:
