@@ -79,7 +79,7 @@ def start_ray(address: Any) -> None:
     import ray
 
     if address is None:
-        ray.init(include_dashboard=False, _node_ip_address="127.0.0.1", configure_logging=False)
+        ray.init(address="local", include_dashboard=False, _node_ip_address="127.0.0.1", configure_logging=False)
     else:
         ray.init(address=address, include_dashboard=False, configure_logging=False)
 

@@ -1,7 +1,6 @@
 """One trial of a Ray Tune search (tune.py): a training run with the trial's settings, reporting the validation
 metrics and a checkpoint to Ray at each validation, and resuming from its latest checkpoint when Ray restarts it
 (a search taken up after a crash)."""
-import logging
 import tempfile
 from pathlib import Path
 from typing import Any, Dict, Mapping, Optional
@@ -14,8 +13,6 @@ from ray import tune
 
 from strhub.callbacks import NonFiniteGuard
 from strhub.training.loggers import run_loggers
-
-log = logging.getLogger(__name__)
 
 REPORTED = ("val_accuracy", "val_NED", "val_loss")
 CHECKPOINT_FILE = "checkpoint.ckpt"
@@ -66,7 +63,4 @@ def run_trial(sampled: Dict[str, Any], config: Dict[str, Any], keys: Dict[str, s
     trainer: pl.Trainer = instantiate(config["trainer"], logger=tracking.loggers, enable_checkpointing=False,
                                       callbacks=[ReportToTune(), NonFiniteGuard(config["max_nonfinite_steps"])],
                                       default_root_dir=trial_dir)
-    ckpt_path = latest_checkpoint()
-    if ckpt_path is not None:
-        log.info("Resuming the trial from %s", ckpt_path)
-    trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path)
+    trainer.fit(model, datamodule=datamodule, ckpt_path=latest_checkpoint())
