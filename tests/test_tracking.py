@@ -19,6 +19,7 @@ from wandb.proto import wandb_internal_pb2
 from runs import train
 from strhub.cli import check_overrides
 from strhub.keys import ConfigError
+from strhub.tools import compare_runs
 from strhub.training.loggers import run_loggers
 
 
@@ -161,3 +162,24 @@ def test_logger_settings_are_checked(tmp_path: Path) -> None:
                                           r"'logger\.wandb\.project'\?\)"):
         run_loggers({"wandb": {"projetc": "x"}}, tmp_path, {})
     assert not any(tmp_path.iterdir())  # refused before anything was written
+
+
+def test_compare_runs_reads_the_test_reports_of_mlflow_runs(tracked_run: Tuple[Path, Path, int], capsys,
+                                                            tmp_path: Path) -> None:
+    run_dir, store, _ = tracked_run
+    (report,) = (run_dir / "checkpoints").glob("*.log_newTrue.*.json")
+    compare_runs.main([str(report), "--names", "file", "--mlflow", str(store / "mlflow.db"), "--metric", "ned",
+                       "--experiment", "vl4str-tiny"])
+    lines = capsys.readouterr().out.splitlines()
+    assert re.fullmatch(r"\| Dataset +\| +file \| +run \|", lines[1])
+    ned = json.loads(report.read_text())["datasets"]["SVT"]["ned"]
+    rows = [line.split("|")[2:4] for line in lines if line.startswith("| SVT ")]  # in each table
+    assert rows and all(row == [f" {ned:>8.2f} "] * 2 for row in rows), rows
+
+    with pytest.raises(SystemExit):
+        compare_runs.main(["--mlflow", str(store / "mlflow.db"), "--experiment", "vl4str-tiyn"])
+    assert "no experiment 'vl4str-tiyn' (it has " in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        compare_runs.main(["--mlflow", str(tmp_path / "none.db")])
+    assert f"--mlflow {tmp_path / 'none.db'}: no MLflow store there" in capsys.readouterr().err
+    assert not (tmp_path / "none.db").exists()

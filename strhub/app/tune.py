@@ -1,6 +1,7 @@
 """Searches training settings with Ray Tune: `configs/tune.yaml` (the training config plus `tune`), e.g.
 
-    python tune.py +experiment=vl4str data.root_dir=/data tune.num_samples=16 tune.gpus_per_trial=1 trainer.max_steps=20000
+    python tune.py +experiment=vl4str data.root_dir=/data tune.num_samples=16 tune.gpus_per_trial=1 \
+        trainer.max_steps=20000
 
 An Optuna search over `tune.space` (the learning rate, as the original), an ASHA scheduler that stops the trials
 falling behind on `tune.metric`, reported at each validation. The search lives in <tune.storage_path>/<tune.name>/:
