@@ -76,7 +76,7 @@ def build(name: str, options: Mapping[str, Any], run_dir: Path) -> Logger:
         annotated = parameters(classes[name], *extras)
     except NameError:  # annotations naming types their module imports only for type checkers (W&B's Run)
         annotated = dict.fromkeys([*inspect.signature(classes[name]).parameters, *extras], Any)
-    known = {key: kind for key, kind in annotated.items() 
+    known = {key: kind for key, kind in annotated.items()
              if key not in SET_BY_RUN and not (key == "name" and name in ("tensorboard", "csv"))}
     check_keys(options, known, f"logger.{name} key", prefix=f"logger.{name}.")
     if name in EXTRAS:
@@ -96,7 +96,7 @@ def build(name: str, options: Mapping[str, Any], run_dir: Path) -> Logger:
 
 
 def run_loggers(options: Mapping[str, Any], run_dir: Path, config: Mapping[str, Any],
-                notes: Mapping[str, str] = ()) -> RunLoggers:
+                notes: Optional[Mapping[str, str]] = None) -> RunLoggers:
     """The loggers `options` (the `logger` config) names, writing to `run_dir`, and the CSV logger in any case;
     each has `config` (the resolved run config, plain data) as its parameters and `notes` (name: a line of text)
     recorded. ConfigError for an unknown logger or key."""
@@ -105,7 +105,7 @@ def run_loggers(options: Mapping[str, Any], run_dir: Path, config: Mapping[str, 
     loggers = [*chosen, csv]
     for logger in loggers:
         logger.log_hyperparams(dict(config))
-    log_notes(loggers, dict(notes))
+    log_notes(loggers, notes or {})
     return RunLoggers(loggers, int(csv.version))
 
 
@@ -122,7 +122,7 @@ def log_notes(loggers: Iterable[Logger], notes: Mapping[str, str]) -> None:
                 logger.experiment.add_text(name, text)
 
 
-def test_metrics(report: Path) -> Dict[str, float]:
+def report_metrics(report: Path) -> Dict[str, float]:
     """The accuracy and NED of each group (its Combined row) of a test.py JSON report, as `test/<group>/<metric>`
     with the group's name in the letters every tracker takes (`Benchmark (Subset)`: `Benchmark_Subset`)."""
     groups = json.loads(report.read_text(encoding="utf-8")).get("groups", {})
@@ -144,7 +144,7 @@ def log_outputs(loggers: Sequence[Logger], run_dir: Path, checkpoint: Optional[P
     and closes the W&B run, which Lightning leaves open."""
     files = run_outputs(run_dir, checkpoint)
     reports = [path for path in files if path.suffix == ".json"]
-    metrics = {name: value for report in reports for name, value in test_metrics(report).items()}
+    metrics = {name: value for report in reports for name, value in report_metrics(report).items()}
     for logger in loggers:
         if metrics and not isinstance(logger, CSVLogger):
             logger.log_metrics(metrics)
