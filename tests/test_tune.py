@@ -9,9 +9,13 @@ from pathlib import Path
 from typing import List
 
 import pytest
-import ray.tune  # noqa: F401 (the `tune` extra: this test fails without it)
+import ray.tune
 import torch
+from hydra import compose, initialize_config_dir
 
+from strhub.app.tune import search_space, validations
+from strhub.configs import CONFIG_DIR
+from strhub.keys import ConfigError
 from strhub.models.checkpoint import load_model
 
 REPO = Path(__file__).resolve().parents[1]
@@ -61,3 +65,22 @@ def test_search_killed_halfway_resumes_stops_trials_early_and_names_a_loadable_b
     model = load_model(checkpoint).eval()
     with torch.no_grad():
         assert model(torch.rand(1, 3, 32, 128)).shape[:2] == (1, 26)
+
+
+def test_search_settings_are_checked_before_ray_starts() -> None:
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+        config = compose("tune", overrides=["+experiment=tiny", "trainer.max_steps=7", "trainer.val_check_interval=2"])
+    space = search_space(config.tune.space, config)
+    assert isinstance(space["lr"], ray.tune.search.sample.Float) and space["lr"].lower == 1e-5
+    assert validations(config) == 4
+    wrong = [({"key": "model.lrr", "distribution": "loguniform", "lower": 1, "upper": 2},
+              r"tune\.space\.lr\.key: 'model\.lrr' is not a key of the config"),
+             ({"key": "model.lr", "distribution": "logunifrom"},
+              r"tune\.space\.lr\.distribution must be one of loguniform, uniform, choice, got 'logunifrom'"),
+             ({"key": "model.lr", "distribution": "choice"}, r"tune\.space\.lr: a choice distribution needs values")]
+    for entry, message in wrong:
+        with pytest.raises(ConfigError, match=message):
+            search_space({"lr": entry}, config)
+    config.trainer.max_steps = -1
+    with pytest.raises(ConfigError, match=r"tune\.scheduler\.max_t is needed"):
+        validations(config)
