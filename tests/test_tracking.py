@@ -6,6 +6,8 @@ import os
 import re
 import socket
 import struct
+import subprocess
+import sys
 import threading
 from pathlib import Path
 from typing import Dict, Iterator, List, Tuple
@@ -16,7 +18,7 @@ import yaml
 from mlflow.tracking import MlflowClient
 from wandb.proto import wandb_internal_pb2
 
-from runs import train
+from runs import REPO, train
 from strhub.cli import check_overrides
 from strhub.keys import ConfigError
 from strhub.tools import compare_runs
@@ -183,3 +185,19 @@ def test_compare_runs_reads_the_test_reports_of_mlflow_runs(tracked_run: Tuple[P
         compare_runs.main(["--mlflow", str(tmp_path / "none.db")])
     assert f"--mlflow {tmp_path / 'none.db'}: no MLflow store there" in capsys.readouterr().err
     assert not (tmp_path / "none.db").exists()
+
+
+def test_test_py_sends_its_reports_to_the_runs_mlflow_run(tracked_run: Tuple[Path, Path, int],
+                                                          data_root: Path) -> None:
+    run_dir, store, _ = tracked_run
+    proc = subprocess.run([sys.executable, str(REPO / "test.py"), str(run_dir), "--data_root", str(data_root),
+                           "--datasets", "SVT", "--num_workers", "0"], cwd=REPO, capture_output=True, text=True,
+                          timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    (report,) = (run_dir / "checkpoints").glob("*.log_datasets_SVT.*.json")
+    run_id = json.loads((run_dir / "mlflow.json").read_text())["run_id"]
+    client = MlflowClient(tracking_uri=f"sqlite:///{store / 'mlflow.db'}")
+    assert report.name in [Path(a.path).name for a in client.list_artifacts(run_id, "test")]
+    accuracy = json.loads(report.read_text())["groups"]["Test"]["accuracy"]
+    assert client.get_run(run_id).data.metrics["test/Test/accuracy"] == pytest.approx(accuracy)
+    assert f"Test reports sent to MLflow run {run_id}" in proc.stderr

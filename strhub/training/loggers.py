@@ -15,6 +15,7 @@ from typing import Any, Dict, Iterable, List, Mapping, NamedTuple, Optional, Seq
 from pytorch_lightning.loggers import CSVLogger, Logger, MLFlowLogger, TensorBoardLogger, WandbLogger
 
 from strhub.keys import ConfigError, check_keys, parameters
+from strhub.models.checkpoint import best_checkpoint
 
 log = logging.getLogger(__name__)
 
@@ -24,6 +25,10 @@ EXTRAS = {"mlflow": "mlflow", "wandb": "wandb"}
 SET_BY_RUN = {"save_dir", "version", "experiment", "run_id", "id", "dir", "sub_dir", "prefix", "kwargs"}
 # What `logger.wandb` may hold beside WandbLogger's own parameters: wandb.init's, passed on.
 WANDB_INIT = ("entity", "group", "tags", "notes", "job_type", "mode")
+
+
+# In a run folder that logs to MLflow: the store and the MLflow run of its latest start, for test.py.
+MLFLOW_RECORD = "mlflow.json"
 
 
 class RunLoggers(NamedTuple):
@@ -105,6 +110,9 @@ def run_loggers(options: Mapping[str, Any], run_dir: Path, config: Mapping[str, 
     loggers = [*chosen, csv]
     for logger in loggers:
         logger.log_hyperparams(dict(config))
+        if isinstance(logger, MLFlowLogger) and logger.run_id is not None:  # rank 0's
+            record = {"tracking_uri": logger.experiment.tracking_uri, "run_id": logger.run_id}
+            (run_dir / MLFLOW_RECORD).write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
     log_notes(loggers, notes or {})
     return RunLoggers(loggers, int(csv.version))
 
@@ -162,3 +170,38 @@ def log_outputs(loggers: Sequence[Logger], run_dir: Path, checkpoint: Optional[P
             logger.experiment.flush()
     if files:
         log.info("Logged %d files to the trackers: %s", len(files), ", ".join(path.name for path in files))
+
+
+def log_test_reports(checkpoint: Path) -> None:
+    """After test.py: the test reports of `checkpoint` (a file in `<run>/checkpoints/`, or a run folder: its best
+    one), and their metrics, go to the MLflow run of the run's latest start, when it logged to MLflow. A store that
+    cannot take them is named in a warning: the reports stand without it."""
+    checkpoint = checkpoint.absolute()
+    if checkpoint.is_dir():
+        run_dir, checkpoint = checkpoint, best_checkpoint(checkpoint)
+    elif checkpoint.parent.name == "checkpoints":
+        run_dir = checkpoint.parents[1]
+    else:
+        return
+    record_file = run_dir / MLFLOW_RECORD
+    if not record_file.is_file():
+        return
+    reports = [path for path in run_outputs(run_dir, checkpoint) if path.suffix != ".png"]
+    try:
+        from mlflow.exceptions import MlflowException
+        from mlflow.tracking import MlflowClient
+    except ImportError:
+        log.warning("%s logs to MLflow; pip install 'strhub[mlflow]' to send it the test reports", run_dir)
+        return
+    try:
+        record = json.loads(record_file.read_text(encoding="utf-8"))
+        client = MlflowClient(tracking_uri=record["tracking_uri"])
+        for path in reports:
+            client.log_artifact(record["run_id"], str(path), "test")
+        for report in (path for path in reports if path.suffix == ".json"):
+            for name, value in report_metrics(report).items():
+                client.log_metric(record["run_id"], name, value)
+    except (MlflowException, OSError, ValueError, KeyError) as err:
+        log.warning("The test reports were not sent to MLflow (%s): %s", record_file, err)
+        return
+    log.info("Test reports sent to MLflow run %s (%s)", record["run_id"], record["tracking_uri"])
