@@ -16,10 +16,10 @@ import mlflow
 import pytest
 import yaml
 from mlflow.tracking import MlflowClient
+from runs import REPO, train
 from wandb.proto import wandb_internal_pb2
 
-from runs import REPO, train
-from strhub.cli import check_overrides
+from strhub.app.overrides import check_overrides
 from strhub.keys import ConfigError
 from strhub.tools import compare_runs
 from strhub.training.loggers import run_loggers

@@ -14,7 +14,7 @@ import torch
 from hydra import compose, initialize_config_dir
 
 from strhub.app.tune import search_space, validations
-from strhub.configs import CONFIG_DIR
+from strhub.config import CONFIG_DIR
 from strhub.keys import ConfigError
 from strhub.models.checkpoint import load_model
 

@@ -1,1 +1,0 @@
-"""The commands (their main functions): tune.py."""

@@ -18,8 +18,8 @@ import hydra
 from hydra.utils import to_absolute_path
 from omegaconf import DictConfig, OmegaConf
 
-from strhub.cli import check_command_line, check_sections, register_resolvers
-from strhub.configs import CONFIG_DIR
+from strhub.app.overrides import check_command_line, check_sections
+from strhub.config import CONFIG_DIR, register_resolvers
 from strhub.keys import ConfigError
 from strhub.training.loggers import absolute_stores
 

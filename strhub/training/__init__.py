@@ -1,1 +1,0 @@
-"""Training: the loggers of a run (loggers.py)."""

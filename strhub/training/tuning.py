@@ -11,7 +11,7 @@ from omegaconf import OmegaConf
 from pytorch_lightning.callbacks import Callback
 from ray import tune
 
-from strhub.callbacks import NonFiniteGuard
+from strhub.training.callbacks import NonFiniteGuard
 from strhub.training.loggers import run_loggers
 
 REPORTED = ("val_accuracy", "val_NED", "val_loss")
