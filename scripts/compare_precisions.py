@@ -15,10 +15,10 @@ from typing import Any, Callable, Dict, List, Tuple
 
 import torch
 
-from strhub.cli import reuse_freed_memory
 from strhub.data.dataset import LmdbDataset, find_lmdbs
 from strhub.data.transforms import get_transform
 from strhub.deploy.runtime import OnnxReader
+from strhub.host import reuse_freed_memory
 from strhub.models.checkpoint import load_model
 from strhub.rates import counted_flops, describe_rates, matmul_rates
 

@@ -7,11 +7,11 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import TEST_IMAGES, make_tiny_model
 from torch import nn
 
-from conftest import TEST_IMAGES, make_tiny_model
-from strhub import cli
-from strhub.cli import choose_precision, inference_precision
+from strhub import host
+from strhub.host import choose_precision, inference_precision
 from strhub.models.layout import _is_input_major
 
 REPO = Path(__file__).resolve().parents[1]
@@ -57,12 +57,12 @@ def test_bf16_casts_the_weights_once_and_float32_changes_nothing() -> None:
                                            ("fpu amx_bf16 amx_tile", "bf16"), ("fpu avx2 avx512f", "32")])
 def test_auto_picks_bf16_where_the_cpu_multiplies_it_and_says_so(flags, chosen, tmp_path, monkeypatch, capsys) -> None:
     (tmp_path / "cpuinfo").write_text(f"processor\t: 0\nflags\t\t: {flags}\n")
-    monkeypatch.setattr(cli, "CPUINFO", tmp_path / "cpuinfo")
+    monkeypatch.setattr(host, "CPUINFO", tmp_path / "cpuinfo")
     assert choose_precision("auto", "cpu") == chosen
     line = capsys.readouterr().err
     assert line.startswith(f"--precision auto: {chosen} (") and ("bf16" in line.split("(", 1)[1]) == (chosen == "bf16")
     assert choose_precision("32", "cpu") == "32" and choose_precision("bf16", "cpu") == "bf16"
-    monkeypatch.setattr(cli, "CPUINFO", tmp_path / "absent")
+    monkeypatch.setattr(host, "CPUINFO", tmp_path / "absent")
     assert choose_precision("auto", "cpu", announce=False) == "32"
 
 
