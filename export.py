@@ -19,7 +19,7 @@ from omegaconf import OmegaConf
 
 from strhub.cli import parse_model_args
 from strhub.configs import CONFIG_DIR
-from strhub.deploy.export import ExportError, check_export, check_opset, export_onnx
+from strhub.deploy.export import ExportError, check_opset, write_export
 from strhub.models.checkpoint import InvalidCheckpointError, best_checkpoint, load_model
 
 MODEL_ARG = re.compile(r"^\w+:\w+=")
@@ -53,8 +53,8 @@ def main() -> None:
         model = model.half()
     atol = defaults.fp16_atol if args.fp16 else defaults.atol
     try:
-        manifest = export_onnx(model, args.out, args.opset, atol, source=checkpoint.name)
-        results = check_export(model, args.out, defaults.check_batches, defaults.check_seed, atol, exact=not args.fp16)
+        manifest, results = write_export(model, args.out, args.opset, atol, defaults.check_batches, defaults.check_seed,
+                                         exact=not args.fp16, source=checkpoint.name)
     except ExportError as err:
         print(f"error: {err}", file=sys.stderr)
         sys.exit(1)
