@@ -13,13 +13,15 @@ model does not take is refused with the closest ones it does.
 """
 import argparse
 import logging
+import sys
 from pathlib import Path
 
 from strhub.benchmarks import DEFAULT_PROTOCOL, GroupError
 from strhub.cli import parse_model_args, reuse_freed_memory, worker_count
-from strhub.evaluate import evaluate_checkpoint
+from strhub.evaluate import EvaluationError, evaluate_checkpoint
 from strhub.keys import ConfigError
 from strhub.models.checkpoint import InvalidCheckpointError
+from strhub.reports import ReportWriteError
 
 
 def main() -> None:
@@ -54,6 +56,9 @@ def main() -> None:
     parser.add_argument("--errors", type=Path, default=None, metavar="DIR",
                         help="write every sample to DIR/samples.csv and each benchmark's misread images to contact "
                              "sheets in DIR/<benchmark>/, most confident first")
+    parser.add_argument("--output", type=Path, default=None, metavar="DIR",
+                        help="write the reports (.md, .json, .csv) to DIR (default: beside the checkpoint, or the "
+                             "current directory where that folder cannot be written)")
     args, unknown = parser.parse_known_args()
     if args.full_charset and (args.cased or args.punctuation):
         parser.error("--full_charset compares case and punctuation already; drop --cased and --punctuation")
@@ -71,8 +76,11 @@ def main() -> None:
     try:
         evaluate_checkpoint(**options, model_kwargs=kwargs)
     # a missing or unfit checkpoint, a missing data root, unusable test groups, unknown overrides, no such device
-    except (FileNotFoundError, InvalidCheckpointError, GroupError, ConfigError) as err:
+    except (FileNotFoundError, InvalidCheckpointError, GroupError, ConfigError, EvaluationError) as err:
         parser.error(str(err))
+    except ReportWriteError as err:  # after the table: exit 1, as an unfinished run
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(1)
 
 
 if __name__ == "__main__":
