@@ -5,11 +5,11 @@
   block (`Recognizer.blocks()`, the units the models call as modules) is sharded on its own, the rest (decoders,
   embeddings, projections) forms the root unit. Checkpoints hold the full state dict, gathered on rank 0, so they load
   like any other. Lightning runs FSDP on CUDA GPUs only.
-- `deepspeed_stage_2` (and Lightning's other DeepSpeed names): where the deepspeed package is installed.
-  Its checkpoints are folders; see the README for the command that turns one into a file.
+- `deepspeed_stage_2` (and Lightning's other DeepSpeed names) are refused: DeepSpeed writes its checkpoints as
+  folders, past the atomic writer and the non-finite guard, and such a folder cannot be resumed; it cannot run on
+  CPUs either, so it could not be tested to keep those promises. FSDP shards the same state and keeps them.
 - Any other name goes to Lightning as it is.
 """
-import importlib.util
 from typing import Union
 
 import torch
@@ -25,9 +25,10 @@ def check_strategy(name: str, accelerator: str) -> None:
     if name == "fsdp" and (accelerator == "cpu" or (accelerator == "auto" and not torch.cuda.is_available())):
         raise ConfigError("trainer.strategy=fsdp needs CUDA GPUs: Lightning runs FSDP on GPUs only (on CPUs, train "
                           "with trainer.strategy=ddp)")
-    if name.startswith("deepspeed") and importlib.util.find_spec("deepspeed") is None:
-        raise ConfigError(f"trainer.strategy={name} needs the deepspeed package, which is not installed "
-                          f"(pip install deepspeed, on a machine with CUDA)")
+    if name.startswith("deepspeed"):
+        raise ConfigError(f"trainer.strategy={name} is not supported: DeepSpeed writes checkpoints as folders, past "
+                          f"the atomic writer and the non-finite guard, that cannot be resumed; shard with "
+                          f"trainer.strategy=fsdp (CUDA GPUs) or train with trainer.strategy=ddp")
 
 
 def block_wrap_policy(system: PLMSystem) -> ModuleWrapPolicy:
