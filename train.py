@@ -39,7 +39,7 @@ from strhub.memory import training_plan_line
 from strhub.models.registry import without_weight_files
 from strhub.models.safe_load import InvalidCheckpointError
 from strhub.models.utils import load_weights
-from strhub.strategies import check_strategy, training_strategy
+from strhub.strategies import check_strategy, mark_other_nodes, training_strategy
 from strhub.tools.plot_run import plot_run
 
 log = logging.getLogger(__name__)
@@ -72,6 +72,7 @@ def run_folder(ckpt_path: Optional[str], parent: str) -> str:
         return str(folder)
 
 
+mark_other_nodes()
 register_resolvers()
 OmegaConf.register_new_resolver("run_folder", run_folder)
 

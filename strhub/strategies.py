@@ -10,10 +10,12 @@
   CPUs either, so it could not be tested to keep those promises. FSDP shards the same state and keeps them.
 - Any other name goes to Lightning as it is.
 """
-from typing import Union
+import os
+from typing import Mapping, Union
 
 import torch
 from pytorch_lightning.strategies import DDPStrategy, FSDPStrategy, Strategy
+from pytorch_lightning.utilities import rank_zero_only
 from torch.distributed.fsdp.wrap import ModuleWrapPolicy
 
 from strhub.cli import ConfigError
@@ -45,3 +47,13 @@ def training_strategy(name: str, accelerator: str, processes: int, system: PLMSy
     if name == "fsdp":
         return FSDPStrategy(auto_wrap_policy=block_wrap_policy(system), state_dict_type="full")
     return name
+
+
+def mark_other_nodes(environ: Mapping[str, str] = os.environ) -> None:
+    """Lightning takes a process's rank at import from RANK, LOCAL_RANK, SLURM_PROCID or JSM_NAMESPACE_RANK, so a node
+    started with NODE_RANK > 0 alone (a hand-made launch: README, "Training on several machines") would count as rank
+    0, claiming the run folder and writing its files, until the Trainer numbers it. Such a process is given the rank
+    NODE_RANK until then: not its final number, but not 0, which is all `rank_zero_only` asks."""
+    node = int(environ.get("NODE_RANK") or 0)
+    if rank_zero_only.rank == 0 and node > 0:
+        rank_zero_only.rank = node
