@@ -25,10 +25,11 @@ import torch
 from PIL import Image
 from tqdm import tqdm
 
-from strhub.cli import default_device, list_images, parse_model_args, reuse_freed_memory
+from strhub.cli import at_least, default_device, list_images, parse_model_args, reuse_freed_memory
 from strhub.data.transforms import get_transform
 from strhub.explain import explain
 from strhub.figures import attention_figure, save_png
+from strhub.keys import ConfigError
 from strhub.models.checkpoint import InvalidCheckpointError, best_checkpoint, load_model
 
 MODEL_ARG = re.compile(r"^\w+:\w+=")
@@ -71,22 +72,18 @@ def main(argv: Optional[List[str]] = None) -> None:
     parser.add_argument("--method", choices=("attention", "gradcam"), default="attention",
                         help="attention maps only, or Grad-CAM too")
     parser.add_argument("--all_passes", action="store_true", help="draw every decoding pass, not just the last ones")
-    parser.add_argument("--batch_size", type=int, default=1, help="images per forward pass")
+    parser.add_argument("--batch_size", type=at_least(1), default=1, help="images per forward pass")
     parser.add_argument("--device", default=None, help="torch device (default: cuda when available, else cpu)")
     argv = sys.argv[1:] if argv is None else argv
     args = parser.parse_intermixed_args([a for a in argv if not MODEL_ARG.match(a)])
-    if args.batch_size < 1:
-        parser.error(f"--batch_size must be at least 1, got {args.batch_size}")
-    try:
-        kwargs = parse_model_args([a for a in argv if MODEL_ARG.match(a)])
-    except ValueError as err:
-        parser.error(str(err))
-    device = default_device(args.device)
     reuse_freed_memory()
     try:
+        kwargs = parse_model_args([a for a in argv if MODEL_ARG.match(a)])
+        device = default_device(args.device)
         checkpoint = best_checkpoint(args.checkpoint) if args.checkpoint.is_dir() else args.checkpoint
         model = load_model(checkpoint, **kwargs).eval().to(device)
-    except (FileNotFoundError, InvalidCheckpointError) as err:
+    # malformed or unknown overrides, no such device, a missing or unfit checkpoint
+    except (ConfigError, FileNotFoundError, InvalidCheckpointError) as err:
         parser.error(str(err))
     items = list(list_images(args.images))
     if not items:

@@ -23,7 +23,7 @@ import torch
 from PIL import Image
 from tqdm import tqdm
 
-from strhub.cli import autocast_context, default_device, list_images, parse_model_args, reuse_freed_memory
+from strhub.cli import at_least, autocast_context, default_device, list_images, parse_model_args, reuse_freed_memory
 from strhub.data.transforms import get_transform
 from strhub.keys import ConfigError
 from strhub.models.checkpoint import InvalidCheckpointError, best_checkpoint, load_model
@@ -74,7 +74,7 @@ def main() -> None:
                         "--backend onnx, an export folder of export.py (or its model.json or one of its graphs)")
     parser.add_argument("images", nargs="*", help="image files, folders or glob patterns")
     parser.add_argument("--images_path", action="append", default=[], help="a folder of images (repeatable)")
-    parser.add_argument("--batch_size", type=int, default=1,
+    parser.add_argument("--batch_size", type=at_least(1), default=1,
                         help="images per forward pass (default 1: larger batches are faster, but the early stop of "
                              "decoding is shared by a batch, so a few hard images may read differently)")
     parser.add_argument("--device", default=None, help="torch device (default: cuda when available, else cpu)")

@@ -17,7 +17,7 @@ import sys
 from pathlib import Path
 
 from strhub.benchmarks import DEFAULT_PROTOCOL, GroupError
-from strhub.cli import parse_model_args, reuse_freed_memory, worker_count
+from strhub.cli import at_least, parse_model_args, reuse_freed_memory, worker_count
 from strhub.evaluate import EvaluationError, evaluate_checkpoint
 from strhub.keys import ConfigError
 from strhub.models.checkpoint import InvalidCheckpointError
@@ -28,8 +28,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("checkpoint", type=Path, help="checkpoint file, or a run folder (its best checkpoint)")
     parser.add_argument("--data_root", type=Path, default=Path("data"), help="folder holding test/<benchmark>")
-    parser.add_argument("--batch_size", type=int, default=512)
-    parser.add_argument("--num_workers", type=int, default=worker_count(4),
+    parser.add_argument("--batch_size", type=at_least(1), default=512)
+    parser.add_argument("--num_workers", type=at_least(0), default=worker_count(4),
                         help="data-loading processes (default: 4, or the usable CPUs if fewer: %(default)s here)")
     parser.add_argument("--cased", action="store_true", help="compare case (adds upper case to the test charset)")
     parser.add_argument("--punctuation", action="store_true", help="compare punctuation (adds it to the charset)")

@@ -33,6 +33,7 @@ from strhub.callbacks import (AtomicCheckpointIO, LatestCheckpoint, NonFiniteGua
                               check_resume_checkpoint, remove_partial_files)
 from strhub.cli import (check_command_line, check_sections, random_clip_notice, register_resolvers,
                         reuse_freed_memory, world_size)
+from strhub.data.dataset import check_label_settings
 from strhub.evaluate import evaluate_checkpoint
 from strhub.keys import ConfigError
 from strhub.memory import training_plan_line
@@ -239,8 +240,8 @@ def main(config: DictConfig) -> None:
     try:
         train(config, cleanup)
     except Exception as err:
-        log.error("%s: %s", type(err).__name__, err)
         cleanup.clean()
+        log.error("%s: %s", type(err).__name__, err)  # the last line, below the cleanup's
         if isinstance(err, EXPECTED_ERRORS):
             sys.exit(1)
         raise
@@ -265,6 +266,8 @@ def train(config: DictConfig, cleanup: StartCleanup) -> None:
 
     resolved = OmegaConf.to_container(config, resolve=True)
     check_sections(resolved)
+    check_label_settings(resolved["data"]["charset_train"], resolved["data"]["remove_whitespace"],
+                         resolved["data"]["normalize_unicode"])
     starts_fresh = config.pretrained is None and config.ckpt_path is None
     notice = random_clip_notice(resolved["model"]) if starts_fresh else None
     if notice is not None:

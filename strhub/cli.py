@@ -1,4 +1,5 @@
 """Helpers shared by the entry points: train.py, test.py, read.py and the benchmarks."""
+import argparse
 import contextlib
 import ctypes
 import glob
@@ -7,7 +8,7 @@ import logging
 import os
 import sys
 from pathlib import Path
-from typing import Any, Dict, Iterable, Iterator, List, Mapping, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Dict, Iterable, Iterator, List, Mapping, Optional, Sequence, Tuple, Union
 
 import torch
 from hydra import compose, initialize_config_dir
@@ -118,10 +119,36 @@ def _int_list(value: str) -> List[int]:
     return [int(item) for item in value.strip("[]").split(",") if item.strip()]
 
 
+BOOLEANS = {"true": True, "1": True, "yes": True, "on": True, "false": False, "0": False, "no": False, "off": False}
+
+
+def _bool(value: str) -> bool:
+    """The usual spellings of a boolean, in any case; ValueError for anything else."""
+    if value.strip().lower() not in BOOLEANS:
+        raise ValueError(value)
+    return BOOLEANS[value.strip().lower()]
+
+
+def at_least(minimum: int) -> Callable[[str], int]:
+    """An argparse `type` for an integer option of at least `minimum`: anything else is refused with one line that
+    names the option (`argument --batch_size: must be an integer of at least 1, got '0'`)."""
+    def parse(value: str) -> int:
+        try:
+            number = int(value)
+        except ValueError:
+            number = None
+        if number is None or number < minimum:
+            raise argparse.ArgumentTypeError(f"must be an integer of at least {minimum}, got {value!r}")
+        return number
+
+    return parse
+
+
 def parse_model_args(args: Iterable[str]) -> Dict[str, Any]:
     """Model overrides written as `name:type=value` (type: int, float, str, bool, or list of ints written
-    `[1,3,5]`, such as `block_ids:list=[1,3,5]`); ConfigError for another form."""
-    casts = {"int": int, "float": float, "str": str, "bool": lambda v: v.lower() == "true", "list": _int_list}
+    `[1,3,5]`, such as `block_ids:list=[1,3,5]`; a bool is true/false, 1/0, yes/no or on/off); ConfigError for
+    another form."""
+    casts = {"int": int, "float": float, "str": str, "bool": _bool, "list": _int_list}
     kwargs = {}
     for arg in args:
         try:
@@ -129,8 +156,8 @@ def parse_model_args(args: Iterable[str]) -> Dict[str, Any]:
             name, type_name = name.split(":")
             kwargs[name] = casts[type_name](value)
         except (ValueError, KeyError):
-            raise ConfigError(f"model override {arg!r} is not of the form name:type=value "
-                              f"with type in {sorted(casts)}") from None
+            raise ConfigError(f"model override {arg!r} is not of the form name:type=value with type in "
+                              f"{sorted(casts)} (a bool is one of {'/'.join(BOOLEANS)})") from None
     return kwargs
 
 

@@ -16,6 +16,7 @@ from tqdm import tqdm
 
 from strhub.data.transforms import to_rgb
 from strhub.data.utils import CharsetAdapter
+from strhub.keys import ConfigError
 
 FILTER_REASONS = ("too_long", "empty", "too_small", "unreadable")
 SHOWN_REMOVED = 5  # characters outside the charset named in a dataset's summary
@@ -86,8 +87,8 @@ def normalize_label(label: str, remove_whitespace: bool, normalize_unicode: bool
 
 
 def check_label_settings(charset: str, remove_whitespace: bool, normalize_unicode: bool) -> None:
-    """Raises ValueError when the label normalisation removes characters of the training charset from
-    every label: non-ASCII ones under NFKD-to-ASCII, whitespace when whitespace is removed."""
+    """Raises ConfigError, naming the keys, when the label normalisation removes characters of the training charset
+    from every label: non-ASCII ones under NFKD-to-ASCII, whitespace when whitespace is removed."""
     problems = []
     non_ascii = [char for char in charset if not char.isascii()]
     if normalize_unicode and non_ascii:
@@ -99,7 +100,7 @@ def check_label_settings(charset: str, remove_whitespace: bool, normalize_unicod
         problems.append(f"it holds whitespace ({''.join(spaces)!r}), which remove_whitespace=true deletes from every "
                         "label: set data.remove_whitespace=false to keep it")
     if problems:
-        raise ValueError("the training charset cannot occur in the labels: " + "; ".join(problems))
+        raise ConfigError("the training charset cannot occur in the labels: " + "; ".join(problems))
 
 
 class LmdbDataset(Dataset):
