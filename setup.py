@@ -18,7 +18,7 @@ setup(
     install_requires=requirements,
     # onnx writes the graphs of export.py, onnxruntime runs them (onnxruntime-gpu instead for CUDA);
     # multilingual: a Hugging Face text tower for CLIP4STR's cross-modal branch (model.text_tower).
-    extras_require={"test": ["pytest>=7", "pytest-xdist>=3.5"], "onnx": ["onnx>=1.16", "onnxruntime>=1.18"],
+    extras_require={"test": ["pytest>=7", "pytest-xdist>=3.5", "hypothesis>=6.100"], "onnx": ["onnx>=1.16", "onnxruntime>=1.18"],
                     "multilingual": ["transformers>=5.0,<6", "tokenizers>=0.22"]},
     entry_points={"console_scripts": [
         "strhub-build-charset = strhub.tools.build_charset:main",
