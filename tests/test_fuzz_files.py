@@ -181,3 +181,14 @@ def test_a_damaged_or_hostile_checkpoint_is_refused_naming_it(data: st.DataObjec
     except (InvalidCheckpointError, ValueError) as err:
         assert str(path) in str(err) or path.name in str(err), err
     assert not marker.exists() and path.read_bytes() == content
+
+
+@pytest.mark.parametrize("key", ["model.clip_model.text_projection", "model.clip_model.ln_final.weight"])
+def test_a_checkpoint_missing_a_tensor_is_refused_naming_it(key: str, tiny_checkpoint: Path, tmp_path: Path) -> None:
+    """Found by the property above (deep profile): a dropped tensor the architecture is read off."""
+    checkpoint = torch.load(tiny_checkpoint, weights_only=True)
+    del checkpoint["state_dict"][key]
+    path = tmp_path / "damaged.ckpt"
+    torch.save(checkpoint, path)
+    with pytest.raises(InvalidCheckpointError, match=rf"damaged\.ckpt lacks the tensor '{key.split('.', 2)[-1]}'"):
+        load_model(path)
