@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 from conftest import TEST_IMAGES
 from entry_points import Outcome, run_script
 from fuzz import examples
-from strhub.cli import check_overrides
+from strhub.app.overrides import check_overrides
 from strhub.keys import ConfigError
 from strhub.tools.create_lmdb import write_lmdb
 

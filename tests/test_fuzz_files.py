@@ -18,7 +18,7 @@ from hypothesis import strategies as st
 from entry_points import run_script
 from fuzz import GOOD_IMAGES, TEXT, bad_image, examples, hostile_pickle
 from strhub.data.dataset import LmdbDataset, normalize_label, skip_corrupt_collate
-from strhub.data.utils import CHARSET_36, CharsetAdapter, load_charset
+from strhub.tokenizer import CHARSET_36, CharsetAdapter, load_charset
 from strhub.models.checkpoint import load_model
 from strhub.models.safe_load import InvalidCheckpointError
 

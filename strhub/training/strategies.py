@@ -18,7 +18,7 @@ from pytorch_lightning.strategies import DDPStrategy, FSDPStrategy, Strategy
 from pytorch_lightning.utilities import rank_zero_only
 from torch.distributed.fsdp.wrap import ModuleWrapPolicy
 
-from strhub.cli import ConfigError
+from strhub.keys import ConfigError
 from strhub.models.base import PLMSystem
 
 
