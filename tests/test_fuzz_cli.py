@@ -65,7 +65,7 @@ def unchanged(workspace: Path) -> dict:
     return {path: path.read_bytes() for path in [workspace / "tiny.ckpt", *sorted((workspace / "images").iterdir())]}
 
 
-@examples(6)
+@examples(3)
 @given(args=command_line(option("--batch_size", NUMBERS), option("--device", DEVICES),
                          option("--precision", st.sampled_from(["32", "bf16", "64"]))))
 def test_read_py_command_lines(args: List[str], workspace: Path, monkeypatch, capsys) -> None:
@@ -75,7 +75,7 @@ def test_read_py_command_lines(args: List[str], workspace: Path, monkeypatch, ca
     assert unchanged(workspace) == before
 
 
-@examples(5)
+@examples(3)
 @given(args=command_line(option("--batch_size", NUMBERS), option("--num_workers", NUMBERS),
                          option("--rotation", NUMBERS), option("--device", DEVICES),
                          option("--protocol", st.sampled_from(["clip4str", "parseq", "nope", ""]))))
@@ -88,7 +88,7 @@ def test_test_py_command_lines(args: List[str], workspace: Path, tmp_path_factor
     assert unchanged(workspace) == before
 
 
-@examples(4)
+@examples(2)
 @given(args=command_line(option("--batch_size", NUMBERS), option("--device", DEVICES),
                          option("--method", st.sampled_from(["attention", "gradcam", "saliency"]))))
 def test_explain_py_command_lines(args: List[str], workspace: Path, tmp_path_factory, monkeypatch, capsys) -> None:
@@ -100,7 +100,7 @@ def test_explain_py_command_lines(args: List[str], workspace: Path, tmp_path_fac
     assert unchanged(workspace) == before
 
 
-@examples(4)
+@examples(2)
 @given(opset=st.one_of(st.integers(-2, 13), st.integers(21, 40)).map(str), overrides=st.lists(OVERRIDES, max_size=2))
 def test_export_py_refusals_name_the_option_and_change_nothing(opset: str, overrides: List[str], workspace: Path,
                                                                tmp_path_factory, monkeypatch, capsys) -> None:

@@ -99,8 +99,8 @@ def tiny_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return path
 
 
-@examples(4)
-@given(good=st.lists(st.sampled_from(sorted(GOOD_IMAGES)), max_size=4, unique=True),
+@examples(2)
+@given(good=st.lists(st.sampled_from(sorted(GOOD_IMAGES)), min_size=2, max_size=5, unique=True),
        bad=st.lists(bad_image(), max_size=3))
 def test_read_py_reads_every_image_that_decodes_and_names_every_other(good: List[str], bad: List[bytes],
                                                                        tiny_checkpoint: Path, tmp_path_factory,
