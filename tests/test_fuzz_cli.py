@@ -1,5 +1,5 @@
 """Fuzzing the command lines of read.py, test.py, explain.py, export.py (run in this process, tests/entry_points.py)
-and train.py's override check (strhub.cli.check_overrides, which runs before Hydra starts).
+and train.py's override check (strhub.app.overrides.check_overrides, which runs before Hydra starts).
 
 Properties: the exit status is 0, 1 (some input could not be read) or 2 (refused); no traceback reaches the user; a
 refusal is one `error:` line that names an option, override or value of the command line; nothing already written
