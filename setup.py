@@ -17,10 +17,12 @@ setup(
     packages=find_packages(include=["strhub", "strhub.*"]),
     install_requires=requirements,
     # onnx writes the graphs of export.py, onnxruntime runs them (onnxruntime-gpu instead for CUDA);
-    # multilingual: a Hugging Face text tower for CLIP4STR's cross-modal branch (model.text_tower).
+    # multilingual: a Hugging Face text tower for CLIP4STR's cross-modal branch (model.text_tower);
+    # mlflow, wandb: the experiment trackers of logger=mlflow / logger=wandb; tune: tune.py's search (Ray Tune, Optuna).
     extras_require={"test": ["pytest>=7", "pytest-xdist>=3.5", "ruff>=0.6", "hypothesis>=6.100"],
                     "onnx": ["onnx>=1.16", "onnxruntime>=1.18"],
-                    "multilingual": ["transformers>=5.0,<6", "tokenizers>=0.22"]},
+                    "multilingual": ["transformers>=5.0,<6", "tokenizers>=0.22"],
+                    "mlflow": ["mlflow>=2.16"], "wandb": ["wandb>=0.18"], "tune": ["ray[tune]>=2.43", "optuna>=4.0"]},
     entry_points={"console_scripts": [
         "strhub-train = strhub.app.train:cli",
         "strhub-test = strhub.app.test:main",
@@ -35,6 +37,7 @@ setup(
         "strhub-filter-lmdb = strhub.tools.filter_lmdb:main",
         "strhub-build-dataset = strhub.tools.build_dataset:main",
         "strhub-compare-runs = strhub.tools.compare_runs:main",
+        "strhub-tune = strhub.app.tune:main",
         "strhub-convert-icdar = strhub.tools.convert.icdar:main",
         "strhub-convert-cocotext = strhub.tools.convert.cocotext:main",
         "strhub-convert-textocr = strhub.tools.convert.textocr:main",

@@ -6,7 +6,8 @@
 Outputs go to a new folder outputs/<model>/<date>_<time>/ per run: checkpoints/ (best by val_accuracy, and
 last.ckpt, the latest state), TensorBoard and CSV logs, the resolved configuration of every start
 (config.yaml, then config_<N>.yaml) and, when training ends, curves.png. Resume with
-ckpt_path=<run>/checkpoints/last.ckpt.
+ckpt_path=<run>/checkpoints/last.ckpt. `logger=mlflow`, `logger=wandb`, `logger=[tensorboard,mlflow]`... also send the
+run to experiment trackers (configs/logger/, docs/tracking.md).
 """
 import logging
 import sys
@@ -19,7 +20,6 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate, to_absolute_path
 from omegaconf import DictConfig, OmegaConf, open_dict
 from pytorch_lightning.callbacks import LearningRateMonitor, ModelCheckpoint, ModelSummary
-from pytorch_lightning.loggers import CSVLogger, TensorBoardLogger
 from pytorch_lightning.strategies import Strategy
 from pytorch_lightning.utilities import rank_zero_only
 
@@ -40,6 +40,7 @@ from strhub.training.callbacks import (
     check_resume_checkpoint,
     remove_partial_files,
 )
+from strhub.training.loggers import log_outputs, run_loggers
 from strhub.training.planner import training_plan_line
 from strhub.training.run import (
     ProgressLog,
@@ -132,18 +133,19 @@ def train(config: DictConfig, cleanup: StartCleanup) -> None:
     model = build_model(config)
     strategy: Union[str, Strategy] = training_strategy(config.trainer.strategy, config.trainer.accelerator, processes,
                                                        model)
+    notes = {}
     if rank_zero_only.rank == 0:
-        log.info(training_plan_line(resolved["model"], config.trainer, processes))
+        notes["memory_plan"] = training_plan_line(resolved["model"], config.trainer, processes)
+        log.info(notes["memory_plan"])
     datamodule = instantiate(config.data)
     best = ModelCheckpoint(dirpath=run_dir / "checkpoints", monitor="val_accuracy", mode="max", save_top_k=1,
                            filename="{epoch}-{step}-{val_accuracy:.4f}-{val_NED:.4f}", save_on_train_epoch_end=False)
     latest = LatestCheckpoint(run_dir / "checkpoints", config.last_ckpt_every_n_steps)
     callbacks = [best, latest, NonFiniteGuard(config.max_nonfinite_steps), ScheduleGuard(),
                  LearningRateMonitor(logging_interval="step"), ModelSummary(max_depth=2), ProgressLog(), cleanup]
-    csv_logger = CSVLogger(run_dir, name="csv")
-    loggers = [TensorBoardLogger(run_dir, name="", version=""), csv_logger]
-    save_config(config, run_dir, csv_logger.version, " ".join(["python train.py", *HydraConfig.get().overrides.task]))
-    trainer: pl.Trainer = instantiate(config.trainer, strategy=strategy, logger=loggers, callbacks=callbacks,
+    tracking = run_loggers(resolved["logger"], run_dir, resolved, notes)
+    save_config(config, run_dir, tracking.start, " ".join(["python train.py", *HydraConfig.get().overrides.task]))
+    trainer: pl.Trainer = instantiate(config.trainer, strategy=strategy, logger=tracking.loggers, callbacks=callbacks,
                                       plugins=[AtomicCheckpointIO()], default_root_dir=run_dir)
     trainer.fit(model, datamodule=datamodule, ckpt_path=config.ckpt_path)
 
@@ -158,6 +160,7 @@ def train(config: DictConfig, cleanup: StartCleanup) -> None:
             evaluate_checkpoint(Path(best_path), Path(config.data.root_dir), new=True,
                                 full_charset=config.test_full_charset,
                                 device=str(trainer.strategy.root_device))
+        log_outputs(tracking.loggers, run_dir, Path(best_path) if best_path else None)
 
 
 def cli() -> None:
