@@ -10,12 +10,12 @@ from pathlib import Path
 from typing import List, Sequence
 
 import pytest
-from hypothesis import given
-from hypothesis import strategies as st
-
 from conftest import TEST_IMAGES
 from entry_points import Outcome, run_script
 from fuzz import examples
+from hypothesis import given
+from hypothesis import strategies as st
+
 from strhub.app.overrides import check_overrides
 from strhub.keys import ConfigError
 from strhub.tools.create_lmdb import write_lmdb

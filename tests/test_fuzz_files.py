@@ -12,15 +12,15 @@ from typing import List, Optional, Tuple
 import lmdb
 import pytest
 import torch
+from entry_points import run_script
+from fuzz import GOOD_IMAGES, TEXT, bad_image, examples, hostile_pickle
 from hypothesis import given
 from hypothesis import strategies as st
 
-from entry_points import run_script
-from fuzz import GOOD_IMAGES, TEXT, bad_image, examples, hostile_pickle
 from strhub.data.dataset import LmdbDataset, normalize_label, skip_corrupt_collate
-from strhub.tokenizer import CHARSET_36, CharsetAdapter, load_charset
 from strhub.models.checkpoint import load_model
 from strhub.models.safe_load import InvalidCheckpointError
+from strhub.tokenizer import CHARSET_36, CharsetAdapter, load_charset
 
 # One LMDB record: (label bytes, or None for a missing key; image bytes, or None for a missing key).
 Record = Tuple[Optional[bytes], Optional[bytes]]

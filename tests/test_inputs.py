@@ -10,10 +10,10 @@ from typing import Iterator
 
 import pytest
 import torch
-
 from conftest import TEST_IMAGES
 from entry_points import REPO, one_line_error, run_script
 from runs import train_command
+
 from strhub.app.common import parse_model_args
 from strhub.keys import ConfigError
 from strhub.tools.create_lmdb import write_lmdb

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from runs import REPO, train_command
+
 from strhub.models.checkpoint import load_model
 from strhub.models.safe_load import safe_load
 

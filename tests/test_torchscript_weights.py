@@ -5,12 +5,12 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from conftest import TINY_ARCH
+from fuzz import Payload
+
 from strhub.models.clip import build_clip, load_pretrained_clip, read_clip_state_dict
 from strhub.models.safe_load import InvalidCheckpointError
 from strhub.models.torchscript_weights import read_torchscript_weights
-from test_faults import Payload
 
 
 def script_tiny_clip(path: Path) -> torch.nn.Module:
