@@ -29,7 +29,7 @@ from strhub.cli import default_device, list_images, parse_model_args, reuse_free
 from strhub.data.transforms import get_transform
 from strhub.explain import explain
 from strhub.figures import attention_figure, save_png
-from strhub.models.checkpoint import InvalidCheckpointError, best_checkpoint, load_model
+from strhub.models.checkpoint import InvalidCheckpointError, checkpoint_file, load_model
 
 MODEL_ARG = re.compile(r"^\w+:\w+=")
 
@@ -65,7 +65,8 @@ def input_pixels(tensor: torch.Tensor) -> np.ndarray:
 
 def main(argv: Optional[List[str]] = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("checkpoint", type=Path, help="checkpoint file, or a run folder (its best checkpoint)")
+    parser.add_argument("checkpoint", type=Path,
+                        help="checkpoint file, a run folder (its best checkpoint) or a released checkpoint's name")
     parser.add_argument("images", nargs="+", help="image files, folders or glob patterns")
     parser.add_argument("--out", type=Path, required=True, help="folder for the PNGs")
     parser.add_argument("--method", choices=("attention", "gradcam"), default="attention",
@@ -84,7 +85,7 @@ def main(argv: Optional[List[str]] = None) -> None:
     device = default_device(args.device)
     reuse_freed_memory()
     try:
-        checkpoint = best_checkpoint(args.checkpoint) if args.checkpoint.is_dir() else args.checkpoint
+        checkpoint = checkpoint_file(args.checkpoint)
         model = load_model(checkpoint, **kwargs).eval().to(device)
     except (FileNotFoundError, InvalidCheckpointError) as err:
         parser.error(str(err))

@@ -20,7 +20,7 @@ from omegaconf import OmegaConf
 from strhub.cli import parse_model_args
 from strhub.configs import CONFIG_DIR
 from strhub.deploy.export import ExportError, check_export, check_opset, export_onnx
-from strhub.models.checkpoint import InvalidCheckpointError, best_checkpoint, load_model
+from strhub.models.checkpoint import InvalidCheckpointError, checkpoint_file, load_model
 
 MODEL_ARG = re.compile(r"^\w+:\w+=")
 
@@ -28,7 +28,8 @@ MODEL_ARG = re.compile(r"^\w+:\w+=")
 def main() -> None:
     defaults = OmegaConf.load(CONFIG_DIR / "export.yaml")
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("checkpoint", type=Path, help="checkpoint file, or a run folder (its best checkpoint)")
+    parser.add_argument("checkpoint", type=Path,
+                        help="checkpoint file, a run folder (its best checkpoint) or a released checkpoint's name")
     parser.add_argument("--out", type=Path, required=True, help="folder to write the graphs and model.json into")
     parser.add_argument("--opset", type=int, default=defaults.opset, help=f"ONNX opset (default {defaults.opset})")
     parser.add_argument("--fp16", action="store_true", help="float16 weights and activations")
@@ -45,7 +46,7 @@ def main() -> None:
         parser.error(str(err))
     try:
         overrides = parse_model_args([a for a in argv if MODEL_ARG.match(a)])
-        checkpoint = best_checkpoint(args.checkpoint) if args.checkpoint.is_dir() else args.checkpoint
+        checkpoint = checkpoint_file(args.checkpoint)
         model = load_model(checkpoint, **overrides).eval()
     except (ValueError, FileNotFoundError, InvalidCheckpointError) as err:
         parser.error(str(err))

@@ -26,7 +26,7 @@ from tqdm import tqdm
 from strhub.cli import autocast_context, default_device, list_images, parse_model_args, reuse_freed_memory
 from strhub.data.transforms import get_transform
 from strhub.keys import ConfigError
-from strhub.models.checkpoint import InvalidCheckpointError, best_checkpoint, load_model
+from strhub.models.checkpoint import InvalidCheckpointError, checkpoint_file, load_model
 
 MODEL_ARG = re.compile(r"^\w+:\w+=")
 EMPTY = "(empty)"  # how an empty prediction is printed
@@ -70,7 +70,8 @@ def onnx_reader(parser: argparse.ArgumentParser, args: argparse.Namespace, kwarg
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("checkpoint", type=Path, help="checkpoint file, or a run folder (its best checkpoint); with "
+    parser.add_argument("checkpoint", type=Path,
+                        help="checkpoint file, a run folder (its best checkpoint) or a released checkpoint's name; with "
                         "--backend onnx, an export folder of export.py (or its model.json or one of its graphs)")
     parser.add_argument("images", nargs="*", help="image files, folders or glob patterns")
     parser.add_argument("--images_path", action="append", default=[], help="a folder of images (repeatable)")
@@ -102,7 +103,7 @@ def main() -> None:
         model, device = onnx_reader(parser, args, kwargs), torch.device("cpu")  # ONNX Runtime takes host arrays
     else:
         try:
-            checkpoint = best_checkpoint(args.checkpoint) if args.checkpoint.is_dir() else args.checkpoint
+            checkpoint = checkpoint_file(args.checkpoint)
             model = load_model(checkpoint, **kwargs).eval().to(device)
         # unknown overrides, a missing or unfit checkpoint
         except (ConfigError, FileNotFoundError, InvalidCheckpointError) as err:

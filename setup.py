@@ -15,12 +15,16 @@ setup(
     license="Apache-2.0",
     python_requires=">=3.9",
     packages=find_packages(include=["strhub", "strhub.*"]),
+    package_data={"strhub.hub": ["released.yaml"]},
     install_requires=requirements,
     # onnx writes the graphs of export.py, onnxruntime runs them (onnxruntime-gpu instead for CUDA);
-    # multilingual: a Hugging Face text tower for CLIP4STR's cross-modal branch (model.text_tower).
-    extras_require={"test": ["pytest>=7", "pytest-xdist>=3.5"], "onnx": ["onnx>=1.16", "onnxruntime>=1.18"],
-                    "multilingual": ["transformers>=5.0,<6", "tokenizers>=0.22"]},
+    # multilingual: a Hugging Face text tower for CLIP4STR's cross-modal branch (model.text_tower); demo: the web page
+    # of strhub-demo (test drives it in a browser with selenium, and Debian's chromium and chromium-driver).
+    extras_require={"test": ["pytest>=7", "pytest-xdist>=3.5", "selenium>=4.20"],
+                    "onnx": ["onnx>=1.16", "onnxruntime>=1.18"],
+                    "multilingual": ["transformers>=5.0,<6", "tokenizers>=0.22"], "demo": ["gradio>=5.0,<7"]},
     entry_points={"console_scripts": [
+        "strhub-demo = strhub.app.demo:main",
         "strhub-build-charset = strhub.tools.build_charset:main",
         "strhub-create-lmdb = strhub.tools.create_lmdb:main",
         "strhub-inspect-lmdb = strhub.tools.inspect_lmdb:main",

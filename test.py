@@ -24,7 +24,8 @@ from strhub.models.checkpoint import InvalidCheckpointError
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("checkpoint", type=Path, help="checkpoint file, or a run folder (its best checkpoint)")
+    parser.add_argument("checkpoint", type=Path,
+                        help="checkpoint file, a run folder (its best checkpoint) or a released checkpoint's name")
     parser.add_argument("--data_root", type=Path, default=Path("data"), help="folder holding test/<benchmark>")
     parser.add_argument("--batch_size", type=int, default=512)
     parser.add_argument("--num_workers", type=int, default=worker_count(4),

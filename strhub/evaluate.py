@@ -26,7 +26,7 @@ from strhub.cli import autocast_context, default_device, worker_count
 from strhub.data.dataset import LmdbDataset
 from strhub.data.module import SceneTextDataModule
 from strhub.failures import SampleLog
-from strhub.models.checkpoint import best_checkpoint, read_model_checkpoint
+from strhub.models.checkpoint import checkpoint_file, read_model_checkpoint
 from strhub.models.utils import load_from_checkpoint
 
 log = logging.getLogger(__name__)
@@ -206,7 +206,7 @@ def evaluate_checkpoint(checkpoint: Path, data_root: Path, batch_size: int = 512
                         device: Optional[str] = None, precision: str = "32", model_kwargs: Optional[dict] = None,
                         datasets: Sequence[str] = (), protocol: str = DEFAULT_PROTOCOL,
                         groups: Sequence[str] = (), errors: Optional[Path] = None) -> str:
-    """Evaluates a checkpoint (a file, or a run folder whose best checkpoint is taken) on the test sets under
+    """Evaluates a checkpoint (a file, a run folder's best one, or a released name) on the test sets under
     `data_root/test` of the protocol's groups, `new`'s and the extra `groups` (names in configs/test_groups or
     YAML files; see strhub.benchmarks), or on the named `datasets` there as one `Test` group. Prints the report
     and writes it beside the checkpoint as `<checkpoint>.log_<selection>.<settings>.md`, `.json` and `.csv` (one
@@ -222,11 +222,9 @@ def evaluate_checkpoint(checkpoint: Path, data_root: Path, batch_size: int = 512
     branch's captions; `ignore_case` folds both sides to lower case. Otherwise labels are folded to
     ASCII and compared on lowercase alphanumerics, plus upper case (`cased`) and punctuation."""
     selection, test_groups = select_groups(protocol, new, groups, datasets)
-    if checkpoint.is_dir():
-        checkpoint = best_checkpoint(checkpoint)
+    named, checkpoint = checkpoint, checkpoint_file(checkpoint)
+    if Path(named).is_dir():
         print(f"Best checkpoint by validation accuracy: {checkpoint}")
-    elif not checkpoint.is_file():
-        raise FileNotFoundError(f"checkpoint not found: {checkpoint}")
     device = default_device(device)
     num_workers = worker_count(4) if num_workers is None else num_workers
     kwargs = dict(model_kwargs or {})

@@ -15,8 +15,9 @@ from typing import Any, Dict, FrozenSet, Mapping, Optional, Tuple, Union
 import torch
 from torch import Tensor, nn
 
-from strhub.models.layout import return_freed_memory
+from strhub.hub import resolve_checkpoint
 from strhub.keys import check_keys
+from strhub.models.layout import return_freed_memory
 from strhub.models.registry import (FAMILIES, Family, experiment_family, experiments, known_settings, model_config,
                                     without_weight_files)
 from strhub.models.safe_load import InvalidCheckpointError, safe_load
@@ -161,8 +162,9 @@ def assign_weights(model: nn.Module, state_dict: Mapping[str, Tensor], family: F
 
 def load_model(checkpoint_path: Union[str, Path], **overrides: Any) -> nn.Module:
     """The plain model of a checkpoint of any family (a Lightning `.ckpt`, ours or the original's, or
-    a state dict in the original's key layout), for inference. No CLIP weight file is needed."""
-    path = Path(checkpoint_path)
+    a state dict in the original's key layout), or a released checkpoint's name (`strhub.hub`), for inference. No
+    CLIP weight file is needed."""
+    path = resolve_checkpoint(checkpoint_path)
     family, state_dict, config = read_model_checkpoint(path, overrides)
     model = build_on_meta(family.build_model, config, family, path)
     assign_weights(model, state_dict, family, path)
@@ -189,3 +191,10 @@ def best_checkpoint(folder: Path) -> Path:
             continue
         return path
     raise InvalidCheckpointError(f"no readable checkpoint in {folder}: {', '.join(unreadable)} cannot be read")
+
+
+def checkpoint_file(name_or_path: Union[str, Path]) -> Path:
+    """The checkpoint file a user names: a file as it is, a run folder's best checkpoint, or a released
+    checkpoint's cached file (downloaded the first time, see `strhub.hub`)."""
+    path = resolve_checkpoint(name_or_path)
+    return best_checkpoint(path) if path.is_dir() else path

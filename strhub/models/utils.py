@@ -6,6 +6,7 @@ from typing import Any, Optional, Union
 from strhub.models.base import PLMSystem
 from strhub.models.checkpoint import (InvalidCheckpointError, assign_weights, build_on_meta, identify, read_checkpoint,
                                       read_model_checkpoint)
+from strhub.hub import resolve_checkpoint
 from strhub.keys import check_keys
 from strhub.models.registry import FAMILIES, experiment_family, known_settings, model_config
 
@@ -24,8 +25,8 @@ def create_model(experiment: Optional[str] = None, **overrides: Any) -> PLMSyste
 
 def load_from_checkpoint(checkpoint_path: Union[str, Path], **overrides: Any) -> PLMSystem:
     """The Lightning system of a checkpoint of any family (see `strhub.models.checkpoint.load_model`),
-    with its hyper-parameters: for testing, or to go on training."""
-    path = Path(checkpoint_path)
+    with its hyper-parameters: for testing, or to go on training. A released checkpoint's name works too."""
+    path = resolve_checkpoint(checkpoint_path)
     family, state_dict, config = read_model_checkpoint(path, overrides, system=True)
     system = build_on_meta(lambda settings: family.system_class()(**settings), config, family, path)
     assign_weights(system.model, state_dict, family, path)
@@ -34,8 +35,8 @@ def load_from_checkpoint(checkpoint_path: Union[str, Path], **overrides: Any) ->
 
 def load_weights(system: PLMSystem, checkpoint_path: Union[str, Path]) -> None:
     """Initialises every weight of `system` from a checkpoint of its family (fine-tuning from a
-    released file)."""
-    path = Path(checkpoint_path)
+    released file, by path or name)."""
+    path = resolve_checkpoint(checkpoint_path)
     family, state_dict = identify(read_checkpoint(path)[0], path)
     expected = next(f for f in FAMILIES.values() if isinstance(system, f.system_class()))
     if family is not expected:
