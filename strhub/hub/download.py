@@ -159,12 +159,12 @@ def fetch(entry: Released) -> Path:
         return target
     by_hand = f"download it by hand from {(entry.pages or entry.urls or ('its release page',))[0]} and put it at " \
               f"{target}, or give its path"
+    cache.mkdir(parents=True, exist_ok=True)  # so that the folder the messages name is there
     urls = [url for url in entry.urls if url.startswith("hf://") or not offline()]
     if not urls:
         why = " and downloads are off (STRHUB_OFFLINE or HF_HUB_OFFLINE)" if entry.urls else \
             " and has no direct download address"
         raise CheckpointUnavailable(f"released checkpoint {entry.name} is not in the cache{why}: {by_hand}")
-    cache.mkdir(parents=True, exist_ok=True)
     failures: List[str] = []
     with _locked(target):
         if target.is_file():  # another process finished it while this one waited
