@@ -1,0 +1,115 @@
+"""strhub-demo in a real browser: headless Chromium (Debian's chromium and chromium-driver), driven with Selenium,
+loads the page on 127.0.0.1, uploads an image from misc/test_images and reads back the text the page shows, which
+must be what read.py prints for the same checkpoint."""
+import csv
+import io
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+from PIL import Image
+from selenium import webdriver
+from selenium.webdriver.chrome.options import Options
+from selenium.webdriver.chrome.service import Service
+from selenium.webdriver.common.by import By
+from selenium.webdriver.support.ui import WebDriverWait
+
+REPO = Path(__file__).resolve().parents[1]
+IMAGE = REPO / "misc" / "test_images" / "image_1576.jpeg"
+CHROMIUM, CHROMEDRIVER = Path("/usr/bin/chromium"), Path("/usr/bin/chromedriver")
+START_TIMEOUT_S = 300
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def wait_for_page(url: str, process: subprocess.Popen, timeout: float) -> float:
+    """Seconds until `url` answers 200 (the process started just before this is called)."""
+    start = time.perf_counter()
+    while time.perf_counter() - start < timeout:
+        if process.poll() is not None:
+            raise AssertionError(f"strhub-demo ended with {process.returncode}: {process.stderr.read()}")
+        try:
+            with urllib.request.urlopen(url, timeout=5) as response:
+                if response.status == 200:
+                    return time.perf_counter() - start
+        except OSError:
+            time.sleep(0.25)
+    raise AssertionError(f"no page at {url} after {timeout} s")
+
+
+def browser() -> webdriver.Chrome:
+    assert CHROMIUM.is_file() and CHROMEDRIVER.is_file(), "apt-get install chromium chromium-driver"
+    options = Options()
+    options.binary_location = str(CHROMIUM)
+    for argument in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu",
+                     "--window-size=1280,1500"):
+        options.add_argument(argument)
+    return webdriver.Chrome(options=options, service=Service(str(CHROMEDRIVER)))
+
+
+def test_a_missing_checkpoint_is_one_line() -> None:
+    proc = subprocess.run([sys.executable, "-m", "strhub.app.demo", "no_such.ckpt"], cwd=REPO, capture_output=True,
+                          text=True, timeout=300)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert proc.stderr.splitlines()[-1].startswith("strhub-demo: error: checkpoint not found: no_such.ckpt is neither")
+
+
+def test_the_page_reads_an_uploaded_image_as_read_py_does(checkpoint: Path, tmp_path: Path) -> None:
+    port = free_port()
+    url = f"http://127.0.0.1:{port}/"
+    env = dict(os.environ, GRADIO_ANALYTICS_ENABLED="False")
+    demo = subprocess.Popen([sys.executable, "-m", "strhub.app.demo", str(checkpoint), "--random", "parseq-mini",
+                             "--port", str(port), "--device", "cpu"], cwd=REPO, env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    reading = subprocess.Popen([sys.executable, "read.py", str(checkpoint), str(IMAGE), "--device", "cpu",
+                                "--confidence"], cwd=REPO,
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # beside the demo's start
+    driver = None
+    try:
+        seconds = wait_for_page(url, demo, START_TIMEOUT_S)
+        print(f"strhub-demo answered after {seconds:.1f} s")
+        output, errors = reading.communicate(timeout=600)
+        assert reading.returncode == 0, errors
+        expected, confidence = output.replace(str(IMAGE), IMAGE.name).rstrip("\n").rsplit(" (", 1)
+        driver = browser()
+        driver.get(url)
+        wait = WebDriverWait(driver, 120)
+        upload = wait.until(lambda d: d.find_element(By.CSS_SELECTOR, "#files input[type=file]"))
+        upload.send_keys(str(IMAGE))
+        wait.until(lambda d: IMAGE.stem in d.find_element(By.ID, "files").text)  # uploaded
+        driver.find_element(By.ID, "read").click()
+        shown = wait.until(lambda d: d.find_element(By.CSS_SELECTOR, "#texts textarea").get_attribute("value"))
+        assert shown == expected
+        wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, "#figures img"))
+        assert IMAGE.name in driver.find_element(By.ID, "table").text
+        link = driver.find_element(By.CSS_SELECTOR, "#csv a[href]").get_attribute("href")
+        with urllib.request.urlopen(link, timeout=30) as response:  # the CSV the page offers
+            rows = list(csv.DictReader(io.StringIO(response.read().decode("utf-8"))))
+        assert [f"{row['file']}: {row['text']}" for row in rows] == [expected]
+        assert f"{float(rows[0]['confidence']):.4f})" == confidence
+        assert "random weights" in driver.find_element(By.ID, "about").text  # tiny's CLIP started from random weights
+        screenshot = Path(os.environ.get("STRHUB_DEMO_SCREENSHOT") or tmp_path / "demo_page.png")
+        driver.save_screenshot(str(screenshot))
+        driver.find_element(By.CSS_SELECTOR, "#checkpoint input").click()  # the other checkpoint
+        wait.until(lambda d: d.find_element(By.XPATH, "//li[contains(., 'parseq-mini (random weights)')]")).click()
+        wait.until(lambda d: "PARSeq, 32x128 images" in d.find_element(By.ID, "about").text)
+        driver.find_element(By.ID, "read").click()
+        wait.until(lambda d: d.find_element(By.CSS_SELECTOR, "#texts textarea").get_attribute("value") != shown)
+        with Image.open(screenshot) as image:
+            assert image.size[0] >= 1000 and len(image.convert("L").getcolors(1 << 16) or ()) > 50
+    finally:
+        if driver is not None:
+            driver.quit()
+        demo.terminate()
+        demo.wait(timeout=30)
+        reading.kill()
+        reading.wait()
