@@ -35,6 +35,7 @@ EXAMPLES = Path(__file__).resolve().parents[2] / "misc" / "test_images"
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 EMPTY = "(empty)"  # how read.py prints an empty reading
 COLUMNS = ["file", "text", "confidence", "characters"]
+CSS = "#examples img { max-height: 48px; object-fit: contain; }"  # word crops, some of them tall
 
 
 @dataclass
@@ -152,7 +153,8 @@ def build_page(loaders: Dict[str, Callable[[], Loaded]], first: Loaded, examples
                             elem_id="files")
             pasted = gr.Image(type="filepath", sources=["upload", "clipboard"], label="…or paste one", height=160,
                               elem_id="pasted")
-        gr.Examples(examples, inputs=[pasted], label="Examples (misc/test_images)", examples_per_page=12)
+        with gr.Column(elem_id="examples"):
+            gr.Examples(examples, inputs=[pasted], label="Examples (misc/test_images)", examples_per_page=12)
         button = gr.Button("Read", variant="primary", elem_id="read")
         texts = gr.Textbox(label="Text, as read.py prints it", lines=4, elem_id="texts", interactive=False)
         table = gr.Dataframe(headers=COLUMNS, label="Confidence of each reading and of each character",
@@ -177,7 +179,7 @@ def main(argv: Optional[List[str]] = None) -> None:
     parser.add_argument("--device", default=None, help="torch device (default: cuda when available, else cpu)")
     args = parser.parse_args(argv)
     if not args.checkpoints and not args.random:
-        parser.error("give a checkpoint, run folder or released name (or --random tiny for a model with random weights)")
+        parser.error("give a checkpoint, run folder or released name (or --random tiny: a model with random weights)")
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # nothing is sent anywhere
     try:
         import gradio  # noqa: F401 - checked before models are loaded
@@ -201,7 +203,7 @@ def main(argv: Optional[List[str]] = None) -> None:
     page = build_page(loaders, first, examples)
     print(f"serving on http://{args.host}:{args.port}", file=sys.stderr, flush=True)
     page.launch(server_name=args.host, server_port=args.port, ssr_mode=False, quiet=True,
-                allowed_paths=[str(EXAMPLES)], footer_links=[])
+                allowed_paths=[str(EXAMPLES)], footer_links=[], css=CSS)
 
 
 if __name__ == "__main__":
