@@ -1,7 +1,9 @@
 """An HTTP server on 127.0.0.1 for the download tests, started and stopped by them. It serves files by route:
 `/good/NAME` (HTTP Range requests answered with 206), `/corrupt/NAME` (the same length of other bytes), `/cut/NAME`
 (the first answer promises the whole file and stops halfway; later ones answer Range requests), `/norange/NAME`
-(always the whole file, 200), `/404/NAME` and `/500/NAME`. It records each request's path and Range header."""
+(always the whole file, 200), `/404/NAME` and `/500/NAME`; as the Hugging Face Hub, `/ROUTE/REPO/resolve/REVISION/NAME`
+answers HEAD and GET with the headers huggingface_hub reads. It records each request's path and Range header."""
+import hashlib
 import http.server
 import threading
 from dataclasses import dataclass, field
@@ -21,9 +23,13 @@ class Handler(http.server.BaseHTTPRequestHandler):
     def log_message(self, *args) -> None:  # quiet
         pass
 
-    def do_GET(self) -> None:  # noqa: N802 - http.server's name
+    def do_HEAD(self) -> None:  # noqa: N802 - http.server's name
+        self.do_GET(head=True)
+
+    def do_GET(self, head: bool = False) -> None:  # noqa: N802 - http.server's name
         self.served.requests.append((self.path, self.headers.get("Range")))
-        _, route, name = self.path.split("/", 2)
+        parts = self.path.split("/")
+        route, name = parts[1], parts[-1]
         if route in ("404", "500"):
             self.send_error(int(route))
             return
@@ -47,7 +53,11 @@ class Handler(http.server.BaseHTTPRequestHandler):
         body = data[start:]
         self.send_header("Content-Length", str(len(body)))
         self.send_header("Accept-Ranges", "bytes")
+        self.send_header("ETag", f'"{hashlib.sha256(data).hexdigest()}"')
+        self.send_header("X-Repo-Commit", "0" * 40)
         self.end_headers()
+        if head:
+            return
         if route == "cut" and not self.served.cut.get(self.path):
             self.served.cut[self.path] = True
             self.wfile.write(body[:len(body) // 2])
@@ -65,8 +75,12 @@ class FileServer:
         self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
         self.thread = threading.Thread(target=self.httpd.serve_forever, args=(0.05,), daemon=True)
 
+    @property
+    def base(self) -> str:
+        return f"http://127.0.0.1:{self.httpd.server_address[1]}"
+
     def url(self, route: str, name: str) -> str:
-        return f"http://127.0.0.1:{self.httpd.server_address[1]}/{route}/{name}"
+        return f"{self.base}/{route}/{name}"
 
     @property
     def requests(self) -> List[Tuple[str, Optional[str]]]:

@@ -2,6 +2,7 @@
 that the tests start: a good file, a corrupt one, one cut halfway (resumed with a Range request), 404 and 500
 answers, offline use. The cache never holds a bad file."""
 import hashlib
+import os
 import re
 import subprocess
 import sys
@@ -149,6 +150,33 @@ def test_paths_are_taken_as_they_are_and_unknown_names_get_the_closest(hub, tmp_
         resolve_checkpoint("clip4str_tiny_012345678")
 
 
+def test_hf_addresses_go_through_huggingface_hub_and_its_cache(hub, monkeypatch, tmp_path: Path) -> None:
+    from huggingface_hub import constants
+
+    hf_cache = tmp_path / "hf"
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(hf_cache))
+    with FileServer({"model.pt": PAYLOAD}) as server:
+        template = server.base + "/{repo_id}/resolve/{revision}/{filename}"
+        monkeypatch.setattr(constants, "HUGGINGFACE_CO_URL_TEMPLATE", template)
+        cache = hub([entry("good", "good.pt", PAYLOAD, ["hf://good/repo/model.pt"]),
+                     entry("bad", "bad.pt", PAYLOAD, ["hf://corrupt/repo/model.pt"])])
+        path = resolve_checkpoint("good")
+        assert path.read_bytes() == PAYLOAD and hf_cache in path.parents
+        asked = len(server.requests)
+        monkeypatch.setenv("STRHUB_OFFLINE", "1")
+        assert resolve_checkpoint("good") == path and len(server.requests) == asked
+        with pytest.raises(CheckpointUnavailable, match=r"hf://corrupt/repo/model.pt: not in huggingface_hub's cache"):
+            resolve_checkpoint("bad")
+        assert len(server.requests) == asked
+        monkeypatch.delenv("STRHUB_OFFLINE")
+        with pytest.raises(CheckpointUnavailable, match=r"hf://corrupt/repo/model.pt gave a corrupt file: its digest "
+                                                        r"\(sha256 [0-9a-f]{16}\.\.\.\) does not start with"):
+            resolve_checkpoint("bad")
+    blobs = sorted(p.name for p in hf_cache.rglob("blobs/*"))
+    assert blobs == [hashlib.sha256(PAYLOAD).hexdigest()]  # the corrupt one deleted
+    assert cache_files(cache) == ["good.pt.verified"]
+
+
 @pytest.mark.parametrize("records, message", [
     ([{"name": "x"}], r"entry 1: missing family, experiment, title, file$"),
     ([{"name": "x", "family": "f", "experiment": "e", "title": "t", "file": "x.pt", "hashh": "ab"}],
@@ -237,3 +265,15 @@ def test_read_py_and_test_py_take_a_released_name(hub, released_files, checkpoin
         with pytest.raises(CheckpointUnavailable, match=f"put it at {re.escape(str(cached))}, or give its path$"):
             checkpoint_file("parseq")
         assert [path for path, _ in server.requests] == ["/cut/tiny.ckpt", "/cut/tiny.ckpt", "/good/parseq.pt"]
+
+
+def test_the_shell_scripts_pass_a_released_name_on(tmp_path: Path) -> None:
+    env = {key: value for key, value in os.environ.items() if key != "STRHUB_CATALOGUE"}
+    env.update(STRHUB_CACHE=str(tmp_path), STRHUB_OFFLINE="1", OUTPUTS=str(tmp_path))
+    proc = subprocess.run(["bash", "scripts/read.sh", "cpu", "parseq", "misc/test_images"], cwd=REPO,
+                          capture_output=True, text=True, env=env, timeout=600)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert proc.stderr.splitlines()[-1] == (
+        "read.py: error: released checkpoint parseq is not in the cache and downloads are off (STRHUB_OFFLINE or "
+        f"HF_HUB_OFFLINE): download it by hand from https://github.com/baudm/parseq/releases/tag/v1.0.0 and put it "
+        f"at {tmp_path / 'parseq-bb5792a6.pt'}, or give its path")
