@@ -20,19 +20,16 @@ def _build(experiment: str, released: typing.Optional[str], pretrained: bool, ov
     """The model of an entry: the released checkpoint's weights, or the experiment config's random ones."""
     from strhub.keys import check_keys
     from strhub.models.checkpoint import load_model
-    from strhub.models.registry import experiment_family, known_settings, model_config, without_weight_files
+    from strhub.models.registry import Family, build_random
 
     if pretrained:
         if released is None:
             raise ValueError(f"experiment {experiment!r} has no released weights; pretrained=False builds it with "
                              f"random weights (strhub.hub.list_released() lists the released checkpoints)")
         return load_model(released, **overrides).eval()
-    family = experiment_family(experiment)
-    config = model_config(experiment)
-    check_keys(overrides, known_settings(family), f"setting for a {family.name} model")
-    config.update(without_weight_files(config))
-    config.update(overrides)
-    return family.build_model(config).eval()
+    family = Family.of(experiment)
+    check_keys(overrides, family.known_settings(), f"setting for a {family.name} model")
+    return build_random(experiment, **overrides).eval()
 
 
 def _entry(name: str, experiment: str, released: typing.Optional[str], title: str) -> typing.Callable[..., typing.Any]:
@@ -47,8 +44,8 @@ def _entry(name: str, experiment: str, released: typing.Optional[str], title: st
 
 
 def _entries() -> None:
+    from strhub.config import experiments
     from strhub.hub import list_released
-    from strhub.models.registry import experiments
 
     released = list_released()
     defaults = {entry.experiment: entry.name for entry in released if entry.default}

@@ -12,11 +12,18 @@ from typing import Dict, List
 
 import pytest
 import torch
+from multiscript import SCRIPT_WORDS, gb2312_level1, script_fonts
 from nltk import edit_distance
 
-from multiscript import SCRIPT_WORDS, gb2312_level1, script_fonts
-from strhub.benchmarks import BenchmarkGroup
-from strhub.evaluate import Result, caseless_charset, evaluate_checkpoint, format_report, format_table, protocol_charset
+from strhub.evaluation.evaluate import (
+    Result,
+    caseless_charset,
+    evaluate_checkpoint,
+    format_report,
+    format_table,
+    protocol_charset,
+)
+from strhub.evaluation.groups import BenchmarkGroup
 from strhub.models.checkpoint import best_checkpoint
 from strhub.models.utils import create_model
 from strhub.tools import render_words
@@ -119,7 +126,7 @@ def test_test_py_on_a_run_folder_picks_the_best_and_writes_reports(checkpoint: P
     proc = run([sys.executable, "test.py", str(tmp_path / "run"), "--data_root", str(svt_root), "--device", "cpu",
                 "--num_workers", "0", "--batch_size", "4"])
     assert proc.returncode == 0, proc.stderr
-    assert f"Best checkpoint by validation accuracy: {best}" in proc.stdout
+    assert f"Best checkpoint by validation accuracy: {best}" in proc.stderr
     assert "benchmarks missing" in proc.stderr and "IIIT5k" in proc.stderr
     assert re.search(r"^\| SVT      \|        10 \|", proc.stdout, re.M)
     assert "Total samples 10." in proc.stdout

@@ -11,11 +11,11 @@ import torch
 from PIL import Image
 from torch.utils.data import RandomSampler, SequentialSampler
 
-from strhub.benchmarks import load_groups
 from strhub.data.augment import rand_augment_transform
 from strhub.data.dataset import lmdb_datasets
 from strhub.data.module import OPENAI_MEAN, OPENAI_STD, SceneTextDataModule
-from strhub.data.utils import CHARSET_36, CHARSET_94
+from strhub.evaluation.groups import load_groups
+from strhub.tokenizer import CHARSET_36, CHARSET_94
 from strhub.tools.create_lmdb import write_lmdb
 
 REAL = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "real"

@@ -12,13 +12,14 @@ from typing import Dict, List
 import pytest
 import torch
 import yaml
-
 from hub_server import FileServer
+
+from strhub.config import experiments
 from strhub.hub import CheckpointUnavailable, resolve_checkpoint
 from strhub.hub.catalogue import CATALOGUE, load_catalogue
 from strhub.keys import ConfigError
 from strhub.models.checkpoint import checkpoint_file, load_model
-from strhub.models.registry import experiment_family, experiments, model_config, without_weight_files
+from strhub.models.registry import build_random
 from strhub.tools.create_lmdb import write_lmdb
 
 REPO = Path(__file__).resolve().parents[1]
@@ -197,9 +198,7 @@ def test_a_malformed_catalogue_is_named(records, message, tmp_path: Path) -> Non
 def plain_state_dict(experiment: str) -> Dict[str, torch.Tensor]:
     """A random model of `experiment` as the original releases it: a plain state dict."""
     torch.manual_seed(0)
-    config = model_config(experiment)
-    config.update(without_weight_files(config))
-    return experiment_family(experiment).build_model(config).state_dict()
+    return build_random(experiment).state_dict()
 
 
 @pytest.fixture(scope="module")
@@ -244,7 +243,7 @@ def test_read_py_and_test_py_take_a_released_name(hub, released_files, checkpoin
                                                   monkeypatch: pytest.MonkeyPatch) -> None:
     images = REPO / "misc" / "test_images"
     with FileServer(released_files) as server:
-        cache = hub(released_catalogue(server, released_files))
+        hub(released_catalogue(server, released_files))
         by_name, by_path = [subprocess.Popen([sys.executable, "read.py", str(name), str(images), "--device", "cpu"],
                                              cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
                             for name in ("clip4str_tiny_released", checkpoint)]  # side by side: 2 cores

@@ -5,10 +5,9 @@
 
 Drop or paste word images (or pick an example from misc/test_images), and the page shows the text of each as
 read.py prints it, its confidence and each character's, the attention map of each character per decoder
-(strhub.explain), and a CSV of the results to download; a menu switches between the checkpoints. Images are read
-one at a time, as read.py reads them by default. It serves on 127.0.0.1 unless told otherwise (--host).
+(strhub.evaluation.explain), and a CSV of the results to download; a menu switches between the checkpoints. Images
+are read one at a time, as read.py reads them by default. It serves on 127.0.0.1 unless told otherwise (--host).
 """
-import argparse
 import csv
 import os
 import sys
@@ -22,13 +21,13 @@ import torch
 from PIL import Image
 from torch import nn
 
-from strhub.cli import default_device
+from strhub.app.common import Parser, reported, user_errors
 from strhub.data.transforms import get_transform
-from strhub.explain import explain
-from strhub.figures import attention_figure, input_pixels, save_png
-from strhub.keys import ConfigError
-from strhub.models.checkpoint import InvalidCheckpointError, checkpoint_file, load_model
-from strhub.models.registry import experiment_family, model_config, without_weight_files
+from strhub.evaluation.explain import explain
+from strhub.evaluation.figures import attention_figure, input_pixels, save_png
+from strhub.host import default_device
+from strhub.models.checkpoint import checkpoint_file, load_model
+from strhub.models.registry import build_random
 from strhub.models.safe_load import safe_load
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "misc" / "test_images"
@@ -73,9 +72,7 @@ def load_checkpoint(name: str, device: torch.device) -> Loaded:
 
 def load_random(experiment: str, device: torch.device) -> Loaded:
     """An experiment config's model with random weights (no CLIP file is read)."""
-    config = model_config(experiment)
-    config.update(without_weight_files(config))
-    model = experiment_family(experiment).build_model(config).eval().to(device)
+    model = build_random(experiment).eval().to(device)
     return Loaded(f"{experiment} (random weights)", model, device,
                   "⚠️ Random weights, CLIP included (no checkpoint): the text is noise; this shows the machinery.")
 
@@ -128,7 +125,7 @@ def build_page(loaders: Dict[str, Callable[[], Loaded]], first: Loaded, examples
         if name not in loaded:
             try:
                 loaded[name] = loaders[name]()
-            except (FileNotFoundError, InvalidCheckpointError, ConfigError, ValueError) as err:
+            except user_errors() as err:
                 raise gr.Error(str(err)) from None
         return loaded[name]
 
@@ -159,7 +156,7 @@ def build_page(loaders: Dict[str, Callable[[], Loaded]], first: Loaded, examples
         texts = gr.Textbox(label="Text, as read.py prints it", lines=4, elem_id="texts", interactive=False)
         table = gr.Dataframe(headers=COLUMNS, label="Confidence of each reading and of each character",
                              elem_id="table", interactive=False, wrap=True)
-        figures = gr.Gallery(label="Attention of each character per decoder (strhub.explain)", columns=2,
+        figures = gr.Gallery(label="Attention of each character per decoder (strhub.evaluation.explain)", columns=2,
                              height="auto", object_fit="contain", elem_id="figures")
         csv_file = gr.File(label="Results as CSV", elem_id="csv")
         choice.change(lambda name: model(name).describe(), choice, about)
@@ -168,15 +165,14 @@ def build_page(loaders: Dict[str, Callable[[], Loaded]], first: Loaded, examples
 
 
 def main(argv: Optional[List[str]] = None) -> None:
-    parser = argparse.ArgumentParser(prog="strhub-demo", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = Parser(__doc__, prog="strhub-demo")
     parser.add_argument("checkpoints", nargs="*", metavar="CHECKPOINT",
                         help="checkpoint files, run folders (their best checkpoint) or released checkpoints' names")
     parser.add_argument("--random", action="append", default=[], metavar="EXPERIMENT",
                         help="also an experiment config with random weights (e.g. tiny; repeatable)")
     parser.add_argument("--port", type=int, default=7860, help="port to serve on (default %(default)s)")
     parser.add_argument("--host", default="127.0.0.1", help="address to serve on (default %(default)s)")
-    parser.add_argument("--device", default=None, help="torch device (default: cuda when available, else cpu)")
+    parser.add_device(precision=False)
     args = parser.parse_args(argv)
     if not args.checkpoints and not args.random:
         parser.error("give a checkpoint, run folder or released name (or --random tiny: a model with random weights)")
@@ -185,18 +181,13 @@ def main(argv: Optional[List[str]] = None) -> None:
         import gradio  # noqa: F401 - checked before models are loaded
     except ImportError:
         parser.error('the demo needs the demo extra (gradio is missing): pip install -e ".[demo]"')
-    try:
+    with reported(parser.prog):
         device = default_device(args.device)
-    except ConfigError as err:
-        parser.error(str(err))
-    loaders: Dict[str, Callable[[], Loaded]] = {name: (lambda n=name: load_checkpoint(n, device))
-                                                for name in args.checkpoints}
-    loaders.update({f"{name} (random weights)": (lambda n=name: load_random(n, device)) for name in args.random})
-    start = time.perf_counter()
-    try:
+        loaders: Dict[str, Callable[[], Loaded]] = {name: (lambda n=name: load_checkpoint(n, device))
+                                                    for name in args.checkpoints}
+        loaders.update({f"{name} (random weights)": (lambda n=name: load_random(n, device)) for name in args.random})
+        start = time.perf_counter()
         first = next(iter(loaders.values()))()
-    except (FileNotFoundError, InvalidCheckpointError, ConfigError, ValueError) as err:
-        parser.error(str(err))
     print(f"loaded {first.name} in {time.perf_counter() - start:.1f} s", file=sys.stderr)
     examples = sorted(str(p) for p in EXAMPLES.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES) \
         if EXAMPLES.is_dir() else []
