@@ -70,7 +70,8 @@ class Parser(argparse.ArgumentParser):
 
     def add_checkpoint(self, help_extra: str = "") -> None:
         self.add_argument("checkpoint", type=Path,
-                          help=f"checkpoint file, or a run folder (its best checkpoint){help_extra}")
+                          help=f"checkpoint file, a run folder (its best checkpoint) or a released checkpoint's name "
+                               f"(docs/released_models.md){help_extra}")
 
     def add_device(self, precision: bool = True) -> None:
         self.add_argument("--device", default=None, help="torch device (default: cuda when available, else cpu)")

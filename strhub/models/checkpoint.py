@@ -20,6 +20,7 @@ from torch import Tensor, nn
 
 from strhub.config import experiments, model_config
 from strhub.host import return_freed_memory
+from strhub.hub import resolve_checkpoint
 from strhub.keys import check_keys
 from strhub.models.registry import Family, plain_state_dict, without_weight_files
 from strhub.models.safe_load import InvalidCheckpointError, safe_load
@@ -33,8 +34,9 @@ _VAL_ACCURACY = re.compile(r"val_accuracy=(\d+(?:\.\d+)?)")
 
 
 def checkpoint_file(path: Union[str, Path]) -> Path:
-    """The checkpoint a path names: a file as it is, a run folder's best checkpoint (see `best_checkpoint`)."""
-    path = Path(path)
+    """The checkpoint a path names: a file as it is, a run folder's best checkpoint (see `best_checkpoint`), or a
+    released checkpoint's name, its cached file (downloaded and checked the first time, see `strhub.hub`)."""
+    path = resolve_checkpoint(path)
     if path.is_dir():
         return best_checkpoint(path)
     if not path.is_file():
