@@ -21,7 +21,7 @@ setup(
     # multilingual: a Hugging Face text tower for CLIP4STR's cross-modal branch (model.text_tower);
     # mlflow, wandb: the experiment trackers of logger=mlflow / logger=wandb; tune: tune.py's search (Ray Tune, Optuna);
     # demo: the web page of strhub-demo (the tests drive it in headless Chromium with selenium).
-    extras_require={"test": ["pytest>=7", "pytest-xdist>=3.5", "ruff>=0.6", "selenium>=4.20"],
+    extras_require={"test": ["pytest>=7", "pytest-xdist>=3.5", "ruff>=0.6", "selenium>=4.20", "hypothesis>=6.100"],
                     "demo": ["gradio>=5.0,<7"],
                     "onnx": ["onnx>=1.16", "onnxruntime>=1.18"],
                     "multilingual": ["transformers>=5.0,<6", "tokenizers>=0.22"],

@@ -19,7 +19,8 @@ BOOLEANS = {"true": True, "1": True, "yes": True, "on": True, "false": False, "0
 
 # The exceptions of each layer that report a user's mistake, by module (a module not imported raised none of them).
 USER_ERRORS = {"strhub.models.safe_load": "InvalidCheckpointError", "strhub.evaluation.groups": "GroupError",
-               "strhub.deploy.export": "ExportError", "strhub.training.callbacks": "TrainingError"}
+               "strhub.deploy.export": "ExportError", "strhub.training.callbacks": "TrainingError",
+               "strhub.evaluation.evaluate": "EvaluationError", "strhub.evaluation.reports": "ReportWriteError"}
 
 
 def user_errors() -> Tuple[type, ...]:
