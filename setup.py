@@ -15,11 +15,14 @@ setup(
     license="Apache-2.0",
     python_requires=">=3.9",
     packages=find_packages(include=["strhub", "strhub.*"]),
+    package_data={"strhub.hub": ["released.yaml"]},
     install_requires=requirements,
     # onnx writes the graphs of export.py, onnxruntime runs them (onnxruntime-gpu instead for CUDA);
     # multilingual: a Hugging Face text tower for CLIP4STR's cross-modal branch (model.text_tower);
-    # mlflow, wandb: the experiment trackers of logger=mlflow / logger=wandb; tune: tune.py's search (Ray Tune, Optuna).
-    extras_require={"test": ["pytest>=7", "pytest-xdist>=3.5", "ruff>=0.6"],
+    # mlflow, wandb: the experiment trackers of logger=mlflow / logger=wandb; tune: tune.py's search (Ray Tune, Optuna);
+    # demo: the web page of strhub-demo (the tests drive it in headless Chromium with selenium).
+    extras_require={"test": ["pytest>=7", "pytest-xdist>=3.5", "ruff>=0.6", "selenium>=4.20", "hypothesis>=6.100"],
+                    "demo": ["gradio>=5.0,<7"],
                     "onnx": ["onnx>=1.16", "onnxruntime>=1.18"],
                     "multilingual": ["transformers>=5.0,<6", "tokenizers>=0.22"],
                     "mlflow": ["mlflow>=2.16"], "wandb": ["wandb>=0.18"], "tune": ["ray[tune]>=2.43", "optuna>=4.0"]},
@@ -30,6 +33,7 @@ setup(
         "strhub-export = strhub.app.export:main",
         "strhub-explain = strhub.app.explain:main",
         "strhub-bench = strhub.app.bench:main",
+        "strhub-demo = strhub.app.demo:main",
         "strhub-build-charset = strhub.tools.build_charset:main",
         "strhub-create-lmdb = strhub.tools.create_lmdb:main",
         "strhub-inspect-lmdb = strhub.tools.inspect_lmdb:main",

@@ -54,6 +54,9 @@ def main(argv: Optional[List[str]] = None) -> None:
     parser.add_argument("--errors", type=Path, default=None, metavar="DIR",
                         help="write every sample to DIR/samples.csv and each benchmark's misread images to contact "
                              "sheets in DIR/<benchmark>/, most confident first")
+    parser.add_argument("--output", type=Path, default=None, metavar="DIR",
+                        help="write the reports (.md, .json, .csv) to DIR (default: beside the checkpoint, or the "
+                             "current directory where that folder cannot be written)")
     args, kwargs = parser.parse_with_model_args(sys.argv[1:] if argv is None else argv)
     if args.full_charset and (args.cased or args.punctuation):
         parser.error("--full_charset compares case and punctuation already; drop --cased and --punctuation")

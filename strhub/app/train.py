@@ -26,6 +26,7 @@ from pytorch_lightning.utilities import rank_zero_only
 from strhub.app.common import user_errors
 from strhub.app.overrides import check_command_line, check_sections
 from strhub.config import CONFIG_DIR, register_resolvers
+from strhub.data.dataset import check_label_settings
 from strhub.evaluation.evaluate import evaluate_checkpoint
 from strhub.host import reuse_freed_memory
 from strhub.models.registry import Family, without_weight_files
@@ -53,11 +54,12 @@ from strhub.training.run import (
     scale_steps,
     world_size,
 )
-from strhub.training.strategies import check_strategy, training_strategy
+from strhub.training.strategies import check_strategy, mark_other_nodes, training_strategy
 
 log = logging.getLogger(__name__)
 
 
+mark_other_nodes()
 register_resolvers()
 if not OmegaConf.has_resolver("run_folder"):
     OmegaConf.register_new_resolver("run_folder", run_folder)
@@ -82,8 +84,8 @@ def main(config: DictConfig) -> None:
     try:
         train(config, cleanup)
     except Exception as err:
-        log.error("%s: %s", type(err).__name__, err)
         cleanup.clean()
+        log.error("%s: %s", type(err).__name__, err)  # the last line, below the cleanup's
         if isinstance(err, user_errors()):
             sys.exit(1)
         raise
@@ -108,6 +110,8 @@ def train(config: DictConfig, cleanup: StartCleanup) -> None:
 
     resolved = OmegaConf.to_container(config, resolve=True)
     check_sections(resolved)
+    check_label_settings(resolved["data"]["charset_train"], resolved["data"]["remove_whitespace"],
+                         resolved["data"]["normalize_unicode"])
     starts_fresh = config.pretrained is None and config.ckpt_path is None
     notice = random_clip_notice(resolved["model"]) if starts_fresh else None
     if notice is not None:

@@ -22,6 +22,7 @@ from torch import Tensor, nn
 from strhub.models.recompute import maybe_checkpoint
 from strhub.models.safe_load import safe_load
 from strhub.models.state_dicts import count_blocks, sub_state_dict
+from strhub.models.torchscript_weights import read_torchscript_weights
 
 HEAD_WIDTH = 64
 QUICK_GELU_BAND_ROWS = 128  # 128 rows of a 3072-wide activation take 1.5 MiB: they stay in L2
@@ -144,7 +145,7 @@ def read_clip_state_dict(path: Union[str, Path]) -> Dict[str, Tensor]:
         raise FileNotFoundError(f"CLIP weight file not found: {path} (set model.clip_pretrained to a local "
                                 f"OpenAI .pt or OpenCLIP .bin file, or to null for a random CLIP)")
     if zipfile.is_zipfile(path) and _is_torchscript(path):
-        state_dict = torch.jit.load(str(path), map_location="cpu").state_dict()
+        state_dict = read_torchscript_weights(path)
     else:
         state_dict = safe_load(path)
         for key in ("state_dict", "model"):
@@ -152,7 +153,9 @@ def read_clip_state_dict(path: Union[str, Path]) -> Dict[str, Tensor]:
                 state_dict = state_dict[key]
     if not isinstance(state_dict, dict) or "visual.proj" not in state_dict:
         raise ValueError(f"{path} does not hold a CLIP ViT state dict (no 'visual.proj' key)")
-    return {k: v for k, v in state_dict.items() if k not in ("input_resolution", "context_length", "vocab_size")}
+    # OpenAI's archives hold the first three; an archive of open_clip's CLIP holds its causal mask, built anew
+    return {k: v for k, v in state_dict.items()
+            if k not in ("input_resolution", "context_length", "vocab_size", "attn_mask")}
 
 
 def _is_torchscript(path: Path) -> bool:
