@@ -15,6 +15,7 @@ setup(
     license="Apache-2.0",
     python_requires=">=3.9",
     packages=find_packages(include=["strhub", "strhub.*"]),
+    package_data={"strhub.tools": ["fonts/*"]},  # render_words' own fonts and their licences
     install_requires=requirements,
     # onnx writes the graphs of export.py, onnxruntime runs them (onnxruntime-gpu instead for CUDA);
     # multilingual: a Hugging Face text tower for CLIP4STR's cross-modal branch (model.text_tower).
