@@ -19,9 +19,16 @@ setup(
     install_requires=requirements,
     # onnx writes the graphs of export.py, onnxruntime runs them (onnxruntime-gpu instead for CUDA);
     # multilingual: a Hugging Face text tower for CLIP4STR's cross-modal branch (model.text_tower).
-    extras_require={"test": ["pytest>=7", "pytest-xdist>=3.5"], "onnx": ["onnx>=1.16", "onnxruntime>=1.18"],
+    extras_require={"test": ["pytest>=7", "pytest-xdist>=3.5", "ruff>=0.6"],
+                    "onnx": ["onnx>=1.16", "onnxruntime>=1.18"],
                     "multilingual": ["transformers>=5.0,<6", "tokenizers>=0.22"]},
     entry_points={"console_scripts": [
+        "strhub-train = strhub.app.train:cli",
+        "strhub-test = strhub.app.test:main",
+        "strhub-read = strhub.app.read:main",
+        "strhub-export = strhub.app.export:main",
+        "strhub-explain = strhub.app.explain:main",
+        "strhub-bench = strhub.app.bench:main",
         "strhub-build-charset = strhub.tools.build_charset:main",
         "strhub-create-lmdb = strhub.tools.create_lmdb:main",
         "strhub-inspect-lmdb = strhub.tools.inspect_lmdb:main",

@@ -230,7 +230,8 @@ def same_second(lab: Lab) -> Outcome:
              for _ in range(2)]
     codes = [proc.wait(timeout=1200) for proc in procs]
     folders = sorted((cwd / "outputs" / "vl4str-tiny").iterdir())
-    complete = [f.name for f in folders if (f / "config.yaml").is_file() and (f / "checkpoints" / "last.ckpt").is_file()]
+    complete = [f.name for f in folders
+                if (f / "config.yaml").is_file() and (f / "checkpoints" / "last.ckpt").is_file()]
     ok = codes == [0, 0] and len(complete) == 2
     return ok, f"exit {codes}; folders {', '.join(complete)}, each with its config.yaml and last.ckpt"
 

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # A first run on a CPU-only machine, from a fresh clone: install, render synthetic words, train a small CLIP4STR whose
 # CLIP starts from random weights (no weight file), evaluate it on held-out words with test.sh, and read
-# misc/test_images with read.sh. README.md, Quickstart, gives the times measured on a 2-core machine.
+# misc/test_images with read.sh. docs/benchmarking.md gives the times measured on a 2-core machine.
 #   bash scripts/quickstart.sh
 # Environment: QUICKSTART_STEPS (training steps, default 600), QUICKSTART_MAX_TIME (a wall-time limit for training,
 # DD:HH:MM:SS, default none: the closing lines say at which step it stopped and why), SKIP_INSTALL=1 (skip pip),

@@ -4,8 +4,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from strhub.config import model_config
 from strhub.models.clip4str.system import CLIP4STRSystem
-from strhub.models.registry import model_config
 from strhub.models.utils import create_model
 from strhub.tools import render_words
 from strhub.tools.create_lmdb import folder_records, write_lmdb

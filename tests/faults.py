@@ -97,7 +97,8 @@ def main() -> None:
     if args.start_at is not None:
         import hydra  # noqa: F401 - the slow imports come first, so that the starts line up
         import pytorch_lightning  # noqa: F401
-        import strhub.evaluate  # noqa: F401
+
+        import strhub.evaluation.evaluate  # noqa: F401
 
         time.sleep(max(0.0, args.start_at - time.time()))
         started, real_strftime = time.localtime(args.start_at), time.strftime

@@ -1,4 +1,4 @@
-"""bench_speed.py measures inference and training in fresh processes and prints one line each."""
+"""`bench.py speed` measures inference and training in fresh processes and prints one line each."""
 import argparse
 import json
 import re
@@ -16,7 +16,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 def test_bench_speed_reports_every_measurement(tmp_path: Path) -> None:
     output = tmp_path / "speed.json"
-    run = subprocess.run([sys.executable, "bench_speed.py", "--experiment", "tiny", "--batches", "1", "2",
+    run = subprocess.run([sys.executable, "bench.py", "speed", "--experiment", "tiny", "--batches", "1", "2",
                           "--train-batch", "2", "--warmup", "0", "--repeats", "1", "--json", str(output)],
                          cwd=REPO, capture_output=True, text=True, timeout=600)
     assert run.returncode == 0, run.stderr
@@ -32,7 +32,7 @@ def test_bench_speed_reports_every_measurement(tmp_path: Path) -> None:
 
 def test_a_charset_file_sets_both_charsets_of_random_weights(tmp_path: Path, monkeypatch) -> None:
     monkeypatch.syspath_prepend(str(REPO))
-    import bench_speed
+    from strhub.app.bench import speed as bench_speed
 
     (tmp_path / "chars.txt").write_text("".join(f"{chr(0x4E00 + i)}\n" for i in range(6000)), encoding="utf-8")
     overrides = bench_speed.charset_overrides(argparse.Namespace(charset_file=str(tmp_path / "chars.txt")))
@@ -45,7 +45,7 @@ def test_bench_speed_measures_a_checkpoint_of_another_family(tmp_path: Path) -> 
     system = create_model("str_adapter-mini")
     weights = tmp_path / "adapter.ckpt"
     torch.save({"state_dict": system.state_dict(), "hyper_parameters": dict(system.hparams)}, weights)
-    run = subprocess.run([sys.executable, "bench_speed.py", "--weights", str(weights), "--batches", "2",
+    run = subprocess.run([sys.executable, "bench.py", "speed", "--weights", str(weights), "--batches", "2",
                           "--train-batch", "0", "--warmup", "0", "--repeats", "1"], cwd=REPO, capture_output=True,
                          text=True, timeout=600)
     assert run.returncode == 0, run.stderr
@@ -54,7 +54,7 @@ def test_bench_speed_measures_a_checkpoint_of_another_family(tmp_path: Path) -> 
 
 def test_training_labels_take_their_lengths_from_a_dataset(tmp_path: Path, monkeypatch) -> None:
     monkeypatch.syspath_prepend(str(REPO))
-    import bench_speed
+    from strhub.app.bench import speed as bench_speed
     from strhub.tools.create_lmdb import write_lmdb
 
     write_lmdb(tmp_path / "train" / "a", [(b"img", "ab"), (b"img", "abcdef")])
@@ -73,6 +73,7 @@ def test_training_labels_take_their_lengths_from_a_dataset(tmp_path: Path, monke
 
 def test_bad_paths_end_it_with_one_line_before_any_measurement(tmp_path: Path) -> None:
     for option, message in (("--lengths-from", "no labels there"), ("--weights", "no such file")):
-        run = subprocess.run([sys.executable, "bench_speed.py", "--experiment", "tiny", option, str(tmp_path / "no")],
+        command = [sys.executable, "bench.py", "speed", "--experiment", "tiny", option, str(tmp_path / "no")]
+        run = subprocess.run(command,
                              cwd=REPO, capture_output=True, text=True, timeout=120)
         assert run.returncode != 0 and message in run.stderr and "Traceback" not in run.stderr, run.stderr

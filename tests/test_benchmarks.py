@@ -12,8 +12,8 @@ from typing import Dict, List
 
 import pytest
 
-from strhub.benchmarks import GroupError, label_lengths, load_groups, select_groups
-from strhub.evaluate import evaluate_checkpoint
+from strhub.evaluation.evaluate import evaluate_checkpoint
+from strhub.evaluation.groups import GroupError, label_lengths, load_groups, select_groups
 from strhub.tools import compare_runs
 from strhub.tools.create_lmdb import write_lmdb
 

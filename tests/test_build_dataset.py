@@ -8,7 +8,7 @@ import pytest
 from PIL import Image
 
 from strhub.data.module import SceneTextDataModule
-from strhub.data.utils import CHARSET_36, CHARSET_94
+from strhub.tokenizer import CHARSET_36, CHARSET_94
 from strhub.tools import build_dataset
 from strhub.tools.create_lmdb import write_lmdb
 

@@ -12,12 +12,19 @@ from typing import Dict, List
 
 import pytest
 import torch
-from nltk import edit_distance
-
 from conftest import REAL_COUNTS, REAL_SAMPLE
 from multiscript import SCRIPT_WORDS, gb2312_level1, script_fonts
-from strhub.benchmarks import BenchmarkGroup
-from strhub.evaluate import Result, caseless_charset, evaluate_checkpoint, format_report, format_table, protocol_charset
+from nltk import edit_distance
+
+from strhub.evaluation.evaluate import (
+    Result,
+    caseless_charset,
+    evaluate_checkpoint,
+    format_report,
+    format_table,
+    protocol_charset,
+)
+from strhub.evaluation.groups import BenchmarkGroup
 from strhub.models.checkpoint import best_checkpoint
 from strhub.models.utils import create_model
 from strhub.tools import render_words

@@ -9,8 +9,8 @@ import pytest
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
-from strhub.cli import register_resolvers
-from strhub.models.registry import experiment_family, experiments
+from strhub.config import experiments, register_resolvers
+from strhub.models.registry import Family
 
 REPO = Path(__file__).resolve().parents[1]
 CLIP_FILES = {"vl4str": "ViT-B-16.pt", "vl4str-base32": "ViT-B-32.pt", "vl4str-large": "ViT-L-14.pt",
@@ -48,7 +48,7 @@ def test_the_multilingual_experiment_reads_its_text_tower_beside_its_clip_file(t
 @pytest.mark.parametrize("experiment", experiments())
 def test_every_experiment_composes(experiment: str) -> None:
     config = composed("main", f"+experiment={experiment}")
-    family = experiment_family(experiment)
+    family = Family.of(experiment)
     assert config["model"]["_target_"] == f"{family.package}.system.{family.system}"
     assert config["data"]["img_size"] == config["model"]["img_size"]
     assert OmegaConf.to_container(OmegaConf.create(config["model"])) == config["model"]  # plain data, resolved

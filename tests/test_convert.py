@@ -9,9 +9,9 @@ from typing import Dict, List, Sequence, Tuple
 
 import numpy as np
 import pytest
+from conftest import REAL_SAMPLE
 from PIL import Image, ImageDraw
 
-from conftest import REAL_SAMPLE
 from strhub.tools import filter_lmdb
 from strhub.tools.convert import art, case_sensitive, cocotext, icdar, lsvt, mlt19, textocr, union14m
 from strhub.tools.create_lmdb import read_label_list, read_records, write_lmdb

@@ -12,7 +12,6 @@ from strhub.data import augment
 from strhub.data.transforms import OPENAI_MEAN, OPENAI_STD, ToNormalizedTensor, get_transform
 
 
-
 def noise_image(width: int = 60, height: int = 20, seed: int = 0) -> Image.Image:
     return Image.fromarray(np.random.default_rng(seed).integers(0, 256, (height, width, 3), dtype=np.uint8))
 

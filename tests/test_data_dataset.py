@@ -11,9 +11,16 @@ import pytest
 from PIL import Image
 from torch.utils.data import DataLoader
 
-from strhub.data.dataset import (LmdbDataset, build_tree_dataset, check_label_settings, find_lmdbs, lmdb_datasets,
-                                 skip_corrupt_collate, to_rgb)
-from strhub.data.utils import CHARSET_36, CHARSET_94, load_charset
+from strhub.data.dataset import (
+    LmdbDataset,
+    build_tree_dataset,
+    check_label_settings,
+    find_lmdbs,
+    lmdb_datasets,
+    skip_corrupt_collate,
+    to_rgb,
+)
+from strhub.tokenizer import CHARSET_36, CHARSET_94, load_charset
 from strhub.tools.create_lmdb import write_lmdb
 
 

@@ -8,17 +8,16 @@ from typing import Sequence
 
 import pytest
 import torch
+from conftest import REAL_COUNTS
 from PIL import Image
 from torch.utils.data import RandomSampler, SequentialSampler
 
-from conftest import REAL_COUNTS
-from strhub.benchmarks import load_groups
 from strhub.data.augment import rand_augment_transform
 from strhub.data.dataset import lmdb_datasets
 from strhub.data.module import OPENAI_MEAN, OPENAI_STD, SceneTextDataModule
-from strhub.data.utils import CHARSET_36, CHARSET_94
+from strhub.evaluation.groups import load_groups
+from strhub.tokenizer import CHARSET_36, CHARSET_94
 from strhub.tools.create_lmdb import write_lmdb
-
 
 
 def encode(img: Image.Image, fmt: str = "PNG") -> bytes:

@@ -15,14 +15,14 @@ import onnxruntime  # noqa: F401  (the onnx extra; CI installs it)
 import pytest
 import torch
 from PIL import Image
+from test_equivalence import weights  # the fixtures' weight makers
+from test_equivalence_families import family_weights
 
 from strhub.data.transforms import get_transform
 from strhub.deploy import OnnxReader
 from strhub.deploy.export import ExportError, check_export, export_onnx
 from strhub.deploy.runtime import ExportNotFoundError
 from strhub.models.checkpoint import load_model
-from test_equivalence import weights  # the fixtures' weight makers
-from test_equivalence_families import family_weights
 
 REPO = Path(__file__).resolve().parents[1]
 REFERENCE_DIR = REPO / "tests" / "reference"
@@ -210,7 +210,7 @@ def test_a_folder_without_the_manifest_says_what_is_missing(tmp_path, monkeypatc
 
 
 def test_bench_onnx_times_both_backends_on_the_same_weights(monkeypatch, capsys):
-    status, stdout, stderr = _run("bench_onnx.py", ["--experiment", "parseq-mini", "--batches", 1, 2, "--warmup", 0,
+    status, stdout, stderr = _run("bench.py", ["onnx", "--experiment", "parseq-mini", "--batches", 1, 2, "--warmup", 0,
                                                     "--repeats", 1], monkeypatch, capsys)
     assert status == 0, stderr
     lines = [line for line in stdout.splitlines() if line.startswith("batch ")]

@@ -2,21 +2,18 @@
 change, the maps are distributions over the memory laid out on the model's patch grid, one per decoded character
 and EOS, and explain.py draws them."""
 import copy
-import importlib.util
 from pathlib import Path
 
 import pytest
 import torch
 from PIL import Image
 
-from strhub.explain import explain, grad_cam, record
+from strhub.app import explain as explain_cli
+from strhub.evaluation.explain import explain, grad_cam, record
 from strhub.models.recording import AttentionRecorder
 from strhub.models.utils import create_model
 
 REPO = Path(__file__).resolve().parents[1]
-_spec = importlib.util.spec_from_file_location("explain_cli", REPO / "explain.py")
-explain_cli = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(explain_cli)
 FAMILIES = ("tiny", "str_adapter-mini", "parseq-mini")
 B16_SHAPED = {  # ViT-B/16's input and patch grid (14 x 14) on a narrow CLIP
     "img_size": [224, 224],

@@ -10,11 +10,9 @@ from types import SimpleNamespace
 import pytest
 import torch
 
+from strhub.config import experiments, model_config
 from strhub.models.checkpoint import InvalidCheckpointError, load_model
-from strhub.models.parseq.model import PARSeq
-from strhub.models.registry import experiment_family, experiments, get_family, model_config
-from strhub.models.str_adapter.adapters import ADAPTERS
-from strhub.models.str_adapter.model import STRAdapter
+from strhub.models.registry import Family, get_family
 from strhub.models.utils import create_model, load_from_checkpoint, load_weights
 
 MINIS = ("tiny", "str_adapter-mini", "parseq-mini")
@@ -60,14 +58,14 @@ def test_parseq_parameter_counts_match_the_original(experiment):
 
 
 def test_every_experiment_builds_its_family(hf_folder):
-    assert {experiment_family(name).name for name in experiments()} == {"vl4str", "str_adapter", "parseq"}
+    assert {Family.of(name).name for name in experiments()} == {"vl4str", "str_adapter", "parseq"}
     for name in experiments():
-        overrides = {"clip_pretrained": None} if experiment_family(name).name != "parseq" else {}
+        overrides = {"clip_pretrained": None} if Family.of(name).name != "parseq" else {}
         if model_config(name).get("text_tower"):  # its Hugging Face folder: a tiny one
             overrides["text_tower"] = {"hf_path": str(hf_folder)}
         with torch.device("meta"):
             system = create_model(name, **overrides)
-        assert isinstance(system, experiment_family(name).system_class())
+        assert isinstance(system, Family.of(name).system_class())
 
 
 def test_the_registry_refuses_unknown_names_with_the_known_ones():

@@ -10,19 +10,23 @@ from typing import Callable, Dict
 
 import pytest
 import torch
-
 from conftest import make_tiny_model
 from faults import inject
 from runs import train, train_command
-from strhub.callbacks import (AtomicCheckpointIO, CheckpointWriteError, NonFiniteTrainingError,
-                              check_resume_checkpoint)
-from strhub.cli import check_sections
+
+from strhub.app.overrides import check_sections
 from strhub.keys import ConfigError
 from strhub.models.checkpoint import InvalidCheckpointError, best_checkpoint, load_model
 from strhub.models.clip import read_clip_state_dict
 from strhub.models.clip4str.system import CLIP4STRSystem
 from strhub.models.safe_load import safe_load
 from strhub.models.utils import load_from_checkpoint, load_weights
+from strhub.training.callbacks import (
+    AtomicCheckpointIO,
+    CheckpointWriteError,
+    NonFiniteTrainingError,
+    check_resume_checkpoint,
+)
 
 BEST = "epoch=0-step=2-val_accuracy=99.0000-val_NED=99.0000.ckpt"
 

@@ -7,9 +7,9 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from strhub.evaluate import evaluate_checkpoint
-from strhub.failures import CSV_NAME, SampleLog, misread
-from strhub.figures import SHEET_COLUMNS, SHEET_ROWS
+from strhub.evaluation.evaluate import evaluate_checkpoint
+from strhub.evaluation.failures import CSV_NAME, SampleLog, misread
+from strhub.evaluation.figures import SHEET_COLUMNS, SHEET_ROWS
 from strhub.models.base import BatchResult
 from strhub.tools import plot_run
 from strhub.tools.create_lmdb import write_lmdb

@@ -2,7 +2,6 @@
 (train.py, bench.py, test.py, read.py and the Python API), a CLIP with random weights is announced, a failed start
 leaves no run folder behind, a missing GPU or checkpoint is one line naming what was typed, defaults fit the
 machine, an empty prediction is shown as such, and training's closing line names the limit that ended it."""
-import importlib.util
 import logging
 import os
 import subprocess
@@ -15,13 +14,15 @@ import pytorch_lightning as pl
 import torch
 from hydra import compose, initialize_config_dir
 from PIL import Image
-
 from runs import train, train_command
-from strhub.cli import check_overrides, default_device, random_clip_notice, register_resolvers, worker_count
+
+from strhub.app.overrides import check_overrides
+from strhub.config import experiments, model_config, register_resolvers
 from strhub.data.transforms import get_transform
+from strhub.host import default_device, worker_count
 from strhub.keys import ConfigError
 from strhub.models.checkpoint import load_model
-from strhub.models.registry import experiments, model_config
+from strhub.training.run import random_clip_notice, stop_reason
 
 REPO = Path(__file__).resolve().parents[1]
 IMAGE = REPO / "misc" / "test_images" / "demo_1.png"
@@ -189,11 +190,8 @@ def test_worker_defaults_fit_the_machine() -> None:
 
 def test_the_closing_line_names_the_limit_that_ended_training() -> None:
     """train.py's last line says what ended training (test_train.py sees trainer.max_steps do it)."""
-    spec = importlib.util.spec_from_file_location("train_script", REPO / "train.py")
-    train_script = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(train_script)
     options = dict(logger=False, enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False)
     timed = pl.Trainer(max_steps=600, max_time="00:00:00:00", **options)
-    assert train_script.stop_reason(timed) == "trainer.max_time reached after 0 s"
-    assert train_script.stop_reason(pl.Trainer(max_epochs=0, **options)) == "trainer.max_epochs=0 reached"
-    assert train_script.stop_reason(pl.Trainer(max_steps=600, **options)) == "stopped before its limits"
+    assert stop_reason(timed) == "trainer.max_time reached after 0 s"
+    assert stop_reason(pl.Trainer(max_epochs=0, **options)) == "trainer.max_epochs=0 reached"
+    assert stop_reason(pl.Trainer(max_steps=600, **options)) == "stopped before its limits"

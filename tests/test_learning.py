@@ -10,8 +10,8 @@ from typing import Dict
 import pytest
 import pytorch_lightning as pl
 import torch
-
 from multiscript import SCRIPT_WORDS, WORDS, multiscript_charset, script_fonts, script_of
+
 from strhub.data.dataset import LmdbDataset
 from strhub.data.module import SceneTextDataModule
 from strhub.models.utils import create_model

@@ -14,13 +14,23 @@ import torch
 from pytorch_lightning.strategies import DDPStrategy, FSDPStrategy
 from torch import Tensor
 
-from strhub.cli import ConfigError
-from strhub.memory import (DECODER, ENCODER, ModelSizes, Planner, StepMemory, TrainingPlan, measure_step, plan_of,
-                           saved_tensors, step_memory, training_labels, training_plan_line)
+from strhub.config import model_config
+from strhub.keys import ConfigError
 from strhub.models.clip import ClipBlock
-from strhub.models.registry import model_config
 from strhub.models.utils import create_model
-from strhub.strategies import check_strategy, training_strategy
+from strhub.training.measure import training_labels
+from strhub.training.planner import (
+    ModelSizes,
+    Planner,
+    StepMemory,
+    TrainingPlan,
+    measure_step,
+    plan_of,
+    step_memory,
+    training_plan_line,
+)
+from strhub.training.profile import DECODER, ENCODER, saved_tensors
+from strhub.training.strategies import check_strategy, training_strategy
 
 REPO = Path(__file__).resolve().parents[1]
 FAMILIES = [("tiny", {}), ("str_adapter-mini", {}), ("str_adapter-mini", {"adapter_type": "attention"}),
@@ -94,7 +104,8 @@ def test_meta_profile_counts_what_a_real_step_saves():
     the blocks' and the decoder layers' shares, and recomputing either keeps less."""
     torch.manual_seed(0)
     real = create_model("tiny", dropout=0.0).train()
-    labels = training_labels(real.hparams.charset_train, 4, real.hparams.max_label_length)
+    labels = training_labels(real.hparams.charset_train, 4, real.hparams.max_label_length,
+                             lengths=[real.hparams.max_label_length])
     tgt = real.tokenizer.encode(labels)
     with saved_tensors(list(real.parameters()), {}) as counted:
         real.permutation_step(_batch(real)[0], tgt, real.gen_tgt_perms(tgt))

@@ -6,13 +6,21 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from conftest import TINY_ARCH, make_tiny_model
-from strhub.cli import parse_model_args
+
+from strhub.app.common import parse_model_args
 from strhub.models import plm
 from strhub.models.checkpoint import InvalidCheckpointError, load_model
-from strhub.models.clip import (QUICK_GELU_BAND_ROWS, arch_from_state_dict, build_clip, encode_text_tokens,
-                                         load_pretrained_clip, mlp, read_clip_state_dict, shared_prefixes)
+from strhub.models.clip import (
+    QUICK_GELU_BAND_ROWS,
+    arch_from_state_dict,
+    build_clip,
+    encode_text_tokens,
+    load_pretrained_clip,
+    mlp,
+    read_clip_state_dict,
+    shared_prefixes,
+)
 from strhub.models.plm import head_cross_entropy, permutation_masks, permutation_targets
 from strhub.models.utils import create_model, load_from_checkpoint, load_weights
 
@@ -100,7 +108,7 @@ def test_plain_model_loads_without_lightning(tiny_model, tmp_path):
     assert loaded.image_size == (32, 64)
     with torch.inference_mode():
         assert torch.allclose(tiny_model(_images()), loaded(_images()), atol=1e-6)
-    script = (f"import sys, read, bench_speed; from strhub.models.checkpoint import load_model; "
+    script = (f"import sys, strhub.app.read, strhub.app.bench.speed; from strhub.models.checkpoint import load_model; "
               f"load_model({str(path)!r}); sys.exit('pytorch_lightning' in sys.modules)")
     root = Path(__file__).resolve().parents[1]
     assert subprocess.run([sys.executable, "-c", script], cwd=root).returncode == 0

@@ -11,10 +11,10 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import MULTILINGUAL_WORDS, TINY_HF_ARCH, make_hf_folder
 from safetensors.torch import load_file
 from torch import nn
 
-from conftest import MULTILINGUAL_WORDS, TINY_HF_ARCH, make_hf_folder
 from strhub.deploy.export import MIN_OPSET, ExportError, export_onnx
 from strhub.models.clip import arch_from_name, mlp
 from strhub.models.utils import create_model
@@ -69,7 +69,7 @@ def test_hf_tower_trains_and_its_checkpoint_loads_without_the_folder(tmp_path, c
     script = ("import sys, torch\n"
               "from strhub.models.checkpoint import load_model\n"
               "load_model(sys.argv[1])\n"
-              "assert 'strhub.models.hf_tower' not in sys.modules, 'an English model imported the Hugging Face tower'\n"
+              "assert 'strhub.models.towers.hf' not in sys.modules, 'an English model imported the HF tower'\n"
               "from strhub.models.utils import load_from_checkpoint\n"
               "images, expected = torch.load(sys.argv[3])\n"
               "with torch.inference_mode():\n"

@@ -3,8 +3,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from strhub.data.utils import CHARSET_36, CHARSET_94, CharsetAdapter, Tokenizer, load_charset
-from strhub.models.clip import CaptionTokenizer
+from strhub.models.towers.clip import CaptionTokenizer
+from strhub.tokenizer import CHARSET_36, CHARSET_94, CharsetAdapter, Tokenizer, load_charset
 
 
 def _one_hot(tokenizer: Tokenizer, ids):

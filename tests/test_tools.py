@@ -8,12 +8,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from multiscript import SCRIPT_WORDS, WORDS, multiscript_charset, script_fonts
 from PIL import Image
 
-from multiscript import SCRIPT_WORDS, WORDS, multiscript_charset, script_fonts
 from strhub.data.dataset import LmdbDataset
 from strhub.data.module import SceneTextDataModule
-from strhub.data.utils import CHARSET_36, CHARSET_94, load_charset
+from strhub.tokenizer import CHARSET_36, CHARSET_94, load_charset
 from strhub.tools import build_charset, create_lmdb, inspect_lmdb, render_words
 
 REPO = Path(__file__).resolve().parents[1]

@@ -10,9 +10,9 @@ from pathlib import Path
 from typing import List
 
 import yaml
-
 from runs import global_step, train, train_command
-from strhub.data.utils import CHARSET_94
+
+from strhub.tokenizer import CHARSET_94
 
 CHECKPOINT_NAME = re.compile(r"epoch=\d+-step=\d+-val_accuracy=\d+\.\d{4}-val_NED=\d+\.\d{4}\.ckpt")
 

@@ -17,16 +17,16 @@ import json
 import os
 import sys
 from pathlib import Path
-from typing import Dict, List, Tuple
+from typing import List, Tuple
 
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 from torch import Tensor
 
-from strhub.memory import training_labels
 from strhub.models.checkpoint import load_model
 from strhub.models.utils import create_model
+from strhub.training.planner import training_labels
 
 BATCH = 4
 
@@ -46,7 +46,7 @@ def run_ddp(result: Path) -> None:
     import pytorch_lightning as pl
     from torch.utils.data import DataLoader
 
-    from strhub.strategies import training_strategy
+    from strhub.training.strategies import training_strategy
 
     torch.manual_seed(0)
     system = create_model("tiny", dropout=0.0, batch_size=BATCH)

@@ -15,7 +15,7 @@ from torch.utils.data import ConcatDataset, Dataset, default_collate
 from tqdm import tqdm
 
 from strhub.data.transforms import to_rgb
-from strhub.data.utils import CharsetAdapter
+from strhub.tokenizer import CharsetAdapter
 
 FILTER_REASONS = ("too_long", "empty", "too_small", "unreadable")
 SHOWN_REMOVED = 5  # characters outside the charset named in a dataset's summary

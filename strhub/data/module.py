@@ -8,9 +8,15 @@ import torch
 from pytorch_lightning.utilities import rank_zero_info, rank_zero_warn
 from torch.utils.data import DataLoader, Dataset, default_collate
 
-from strhub.data.dataset import (LmdbDataset, build_tree_dataset, check_label_settings, lmdb_datasets,
-                                 skip_corrupt_collate)
+from strhub.data.dataset import (
+    LmdbDataset,
+    build_tree_dataset,
+    check_label_settings,
+    lmdb_datasets,
+    skip_corrupt_collate,
+)
 from strhub.data.transforms import OPENAI_MEAN, OPENAI_STD, get_transform
+
 
 class SceneTextDataModule(pl.LightningDataModule):
     """Datasets and loaders for training, validation and the test benchmarks.

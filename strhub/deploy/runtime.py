@@ -18,9 +18,9 @@ from PIL import Image
 from torch import Tensor
 
 from strhub.data.transforms import get_transform
-from strhub.data.utils import CharsetAdapter, Tokenizer
-from strhub.models.clip import CaptionTokenizer
 from strhub.models.decoder import greedy_decode
+from strhub.models.towers.clip import CaptionTokenizer
+from strhub.tokenizer import CharsetAdapter, Tokenizer
 
 MANIFEST = "model.json"
 FORMAT = "strhub-onnx"

@@ -12,9 +12,9 @@ from torch import Tensor
 from torch.distributed.fsdp import FullyShardedDataParallel
 from torch.optim.lr_scheduler import OneCycleLR
 
-from strhub.data.utils import CharsetAdapter, Tokenizer
 from strhub.models.plm import generate_permutations, head_cross_entropy, permutation_masks, permutation_targets
 from strhub.models.recognizer import Recognizer
+from strhub.tokenizer import CharsetAdapter, Tokenizer
 
 # A parameter whose name holds one of these (or that has fewer than two dimensions) gets no weight decay.
 NO_DECAY_MARKERS = ("bn", "ln", "bias", "logit_scale", "pos_queries", "text_embed")
@@ -159,7 +159,8 @@ class PLMSystem(CrossEntropySystem):
         return loss
 
     def permutation_step(self, images: Tensor, tgt: Tensor, perms: Tensor) -> Tensor:
-        """The permutation-language-model loss of images and their encoded labels (N, T+2) over permutations (P, T+2)."""
+        """The permutation-language-model loss of images and their encoded labels (N, T+2) over permutations
+        (P, T+2)."""
         content_masks, query_masks = permutation_masks(perms)
         tgt_in = tgt[:, :-1]
         padding = (tgt_in == self.pad_id) | (tgt_in == self.eos_id)
@@ -225,5 +226,6 @@ def split_decay(named_params: Sequence[Tuple[str, Tensor]]) -> Tuple[List[Tensor
     decay: List[Tensor] = []
     for name, param in named_params:
         if param.requires_grad:
-            (decay if param.ndim >= 2 and not any(marker in name for marker in NO_DECAY_MARKERS) else plain).append(param)
+            decays = param.ndim >= 2 and not any(marker in name for marker in NO_DECAY_MARKERS)
+            (decay if decays else plain).append(param)
     return plain, decay

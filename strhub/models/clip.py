@@ -12,12 +12,10 @@ import zipfile
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Mapping, NamedTuple, Optional, Sequence, Tuple, Union
 
-import regex
 import torch
 import torch.nn.functional as F
 from open_clip.factory import get_model_config
 from open_clip.model import CLIP, CLIPTextCfg, CLIPVisionCfg
-from open_clip.tokenizer import SimpleTokenizer
 from open_clip.transformer import QuickGELU, ResidualAttentionBlock
 from torch import Tensor, nn
 
@@ -79,7 +77,8 @@ def arch_from_state_dict(state_dict: Mapping[str, Tensor],
 def clip_settings(state_dict: Mapping[str, Tensor], img_size: Optional[Sequence[int]]) -> Dict[str, Any]:
     """The CLIP settings of a model state dict holding CLIP under `clip_model.`: no weight file, the
     architecture read off the tensors."""
-    return {"clip_pretrained": None, "clip_arch": arch_from_state_dict(sub_state_dict(state_dict, "clip_model."), img_size)}
+    clip_state_dict = sub_state_dict(state_dict, "clip_model.")
+    return {"clip_pretrained": None, "clip_arch": arch_from_state_dict(clip_state_dict, img_size)}
 
 
 def arch_from_name(name: str, image_size: Optional[Sequence[int]] = None) -> ClipArch:
@@ -348,17 +347,6 @@ def encode_text_tokens(clip: CLIP, token_ids: Tensor) -> Tensor:
     for block in clip.transformer.resblocks:
         x = block(x, causal, prefixes=prefixes, checkpoint=clip.transformer.grad_checkpointing)
     return (clip.ln_final(x) @ clip.text_projection)[groups].view(batch, length, -1)
-
-
-class CaptionTokenizer(SimpleTokenizer):
-    """open_clip's CLIP BPE tokenizer, pre-tokenising like OpenAI's: its special strings are
-    `<|startoftext|>` / `<|endoftext|>`, which a caption made with a punctuation charset may hold."""
-
-    def __init__(self, context_length: int) -> None:
-        super().__init__(context_length=context_length)
-        self.pat = regex.compile(r"<\|startoftext\|>|<\|endoftext\|>|'s|'t|'re|'ve|'m|'ll|'d|[\p{L}]+|[\p{N}]|"
-                                 r"[^\s\p{L}\p{N}]+", regex.IGNORECASE)
-        self.cache = {"<|startoftext|>": "<start_of_text>", "<|endoftext|>": "<end_of_text>"}
 
 
 def arch_to_config(arch: ClipArch) -> Dict[str, Any]:

@@ -162,7 +162,8 @@ class DecodeState:
         if content_kv is None:
             content_kv = [key.new_empty(batch, 2, num_heads, num_steps, head_dim) for _ in decoder.layers]
         self.content_kv = content_kv
-        self.embeddings = decoder.text_embed(torch.arange(decoder.text_embed.embedding.num_embeddings, device=key.device))
+        token_ids = torch.arange(decoder.text_embed.embedding.num_embeddings, device=key.device)
+        self.embeddings = decoder.text_embed(token_ids)
         self.positions = decoder.pos_queries[0, :num_steps]
         first = decoder.layers[0]
         first_q = project_q(first.self_attn, first.norm_q(decoder.pos_queries[:, :num_steps]))

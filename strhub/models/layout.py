@@ -5,10 +5,6 @@ input-major (transposed storage: same values, shapes and names), and no slower f
 wants PyTorch's usual output-major layout, in which backward produces the gradients. Models switch
 layouts with their mode.
 """
-import contextlib
-import ctypes
-import gc
-
 from torch import Tensor, nn
 
 
@@ -33,9 +29,3 @@ def lay_out_weights(module: nn.Module, input_major: bool) -> bool:
 def _is_input_major(weight: Tensor) -> bool:
     return weight.stride() == (1, weight.shape[0]) and not weight.is_contiguous()
 
-
-def return_freed_memory() -> None:
-    """Hands memory freed by Python and PyTorch back to the system (glibc would keep it in the heap)."""
-    gc.collect()
-    with contextlib.suppress(OSError, AttributeError):
-        ctypes.CDLL("libc.so.6").malloc_trim(0)

@@ -6,10 +6,20 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import torch
 from torch import Tensor, nn
 
-from strhub.data.utils import CharsetAdapter, Tokenizer
-from strhub.models.decoder import (CharDecoder, DecoderStack, KeyValue, TokenEmbedding, cloze_mask, greedy_decode,
-                                   init_decoder_weights, parallel_decode, refine)
-from strhub.models.layout import lay_out_weights, return_freed_memory
+from strhub.host import return_freed_memory
+from strhub.models.decoder import (
+    CharDecoder,
+    DecoderStack,
+    KeyValue,
+    TokenEmbedding,
+    cloze_mask,
+    greedy_decode,
+    init_decoder_weights,
+    parallel_decode,
+    refine,
+)
+from strhub.models.layout import lay_out_weights
+from strhub.tokenizer import CharsetAdapter, Tokenizer
 
 
 class Recognizer(nn.Module):

@@ -1,24 +1,24 @@
-"""The model families and their configs: name → config → builder.
+"""The model families: the one seam between a name, a config, a checkpoint or a model and the code of its family.
 
-A family (`vl4str` = CLIP4STR, `str_adapter`, `parseq`) is a package `strhub.models.<package>` whose
-`model` module holds the plain `nn.Module`, its `build_model(config)` and
-`settings_from_state_dict(state_dict, img_size)`, and whose `system` module holds the Lightning
-system. Its defaults are `configs/model/<name>.yaml`; experiments (`configs/experiment/*.yaml`) pick a
-family with `override /model: <name>`. Checkpoints are told apart by the tensors they hold, never by
-their file name. Importing this module imports no model code (nor Lightning).
+A family (`vl4str` = CLIP4STR, `str_adapter`, `parseq`) is a package `strhub.models.<package>` whose `model` module
+holds the plain `nn.Module`, its `build_model(config)` and `settings_from_state_dict(state_dict, img_size)`, and
+whose `system` module holds the Lightning system. Its defaults are `configs/model/<name>.yaml`; experiments
+(`configs/experiment/*.yaml`) pick a family with `override /model: <name>`. `Family.of` answers "which family is
+this?" for an experiment name, a model config, a state dict (told by the tensors it holds, never by a file name),
+a plain model or a Lightning system; `Family.build` is the one way a model or system is built from a config.
+Importing this module imports no model code (nor Lightning).
 """
-import functools
 import importlib
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Type
+from typing import Any, Dict, Mapping, Optional, Sequence, Tuple, Type, Union
 
-from omegaconf import OmegaConf
 from torch import Tensor, nn
 
-from strhub.configs import CONFIG_DIR
+from strhub.config import group_choices, model_config
 from strhub.keys import parameters
+from strhub.models.state_dicts import sub_state_dict
 
+STATE_DICT_PREFIXES = ("model.", "")  # our Lightning systems hold the plain model as `model`, the original's not
 
 
 @dataclass(frozen=True)
@@ -36,12 +36,23 @@ class Family:
     unreadable: Tuple[str, ...]
     legacy_fallbacks: Mapping[str, Any] = field(default_factory=dict)
 
+    @staticmethod
+    def of(thing: Union[str, Mapping[str, Any], nn.Module]) -> "Family":
+        """The family of an experiment name, a model config (by its `_target_` or name), a state dict (ours or
+        the original's layout), a plain model or a Lightning system; ValueError when none fits."""
+        if isinstance(thing, str):
+            return get_family(group_choices(thing)["model"]) if thing else Family.of(model_config())
+        if isinstance(thing, nn.Module):
+            for family in FAMILIES.values():
+                if type(thing).__module__ in (f"{family.package}.model", f"{family.package}.system"):
+                    return family
+            raise ValueError(f"{type(thing).__name__} belongs to no registered model family ({', '.join(FAMILIES)})")
+        if thing and all(isinstance(value, Tensor) for value in thing.values()):
+            return plain_state_dict(thing)[0]
+        return _family_of_config(thing)
+
     def module(self, part: str) -> Any:
         return importlib.import_module(f"{self.package}.{part}")
-
-    def build_model(self, config: Mapping[str, Any]) -> nn.Module:
-        """The plain model of `config` (random weights, or those `clip_pretrained` names)."""
-        return self.module("model").build_model(config)
 
     def system_class(self) -> Type[nn.Module]:
         """The Lightning system (importing it imports Lightning)."""
@@ -50,6 +61,23 @@ class Family:
     def model_class(self) -> Type[nn.Module]:
         """The plain model (`nn.Module`)."""
         return getattr(self.module("model"), self.model)
+
+    def build(self, config: Mapping[str, Any], system: bool = False) -> nn.Module:
+        """The plain model (or, with `system`, the Lightning system) of a model config, with random weights or
+        those its `clip_pretrained` names. Keys starting with `_` (Hydra's) are left out."""
+        settings = {key: value for key, value in config.items() if not key.startswith("_")}
+        return self.system_class()(**settings) if system else self.module("model").build_model(settings)
+
+    def defaults(self) -> Dict[str, Any]:
+        """The model section of the family's own config (configs/model/<name>.yaml with main.yaml's defaults)."""
+        return model_config(model=self.name)
+
+    def known_settings(self, system: bool = False) -> Dict[str, Any]:
+        """The settings a model of the family takes (the keys of its config), each with the type that the
+        constructor of its plain model declares, or of its Lightning system with `system` (which imports
+        Lightning, and types the training settings too); `Any` where it declares none."""
+        annotations = parameters(self.system_class() if system else self.model_class())
+        return {key: annotations.get(key, Any) for key in sorted(self.defaults())}
 
     def settings_from_state_dict(self, state_dict: Mapping[str, Tensor],
                                  img_size: Optional[Sequence[int]]) -> Dict[str, Any]:
@@ -77,11 +105,6 @@ FAMILIES: Dict[str, Family] = {family.name: family for family in (
 )}
 
 
-def without_weight_files(config: Mapping[str, Any]) -> Dict[str, Any]:
-    """The overrides that build a config's model with random weights: no CLIP weight file to read."""
-    return {"clip_pretrained": None} if "clip_pretrained" in config else {}
-
-
 def get_family(name: str) -> Family:
     """The family `name`, or an error that lists the known ones."""
     if name not in FAMILIES:
@@ -89,53 +112,7 @@ def get_family(name: str) -> Family:
     return FAMILIES[name]
 
 
-def experiments(config_dir: Path = CONFIG_DIR) -> List[str]:
-    """The names of the experiment configs."""
-    return sorted(path.stem for path in (config_dir / "experiment").glob("*.yaml"))
-
-
-def _load(path: Path) -> Any:
-    if not path.is_file():
-        raise FileNotFoundError(f"config {path} not found; install strhub from its source tree (pip install -e .) "
-                                "so that configs/ sits beside the package")
-    return OmegaConf.load(path)
-
-
-def _group_choices(config: Any, prefix: str = "") -> Dict[str, str]:
-    """`{group: option}` of a config's defaults list (`- model: x`, or `- override /model: x` with a prefix)."""
-    choices = {}
-    for entry in config.get("defaults", []):
-        if not isinstance(entry, str):
-            for key, value in entry.items():
-                if key.startswith(prefix):
-                    choices[key[len(prefix):]] = value
-    return choices
-
-
-def model_config(experiment: Optional[str] = None, model: Optional[str] = None,
-                 config_dir: Path = CONFIG_DIR) -> Dict[str, Any]:
-    """The `model` section as Hydra composes it for `train.py +experiment=<experiment>`, resolved to plain
-    data: `main.yaml`, the default charset, the model config (the experiment's, or `model`, or the
-    default) and the experiment's overrides."""
-    main = _load(config_dir / "main.yaml")
-    choices = _group_choices(main)
-    parts = []
-    if experiment:
-        if experiment not in experiments(config_dir):
-            raise ValueError(f"unknown experiment {experiment!r}; known: {', '.join(experiments(config_dir))}")
-        experiment_config = _load(config_dir / "experiment" / f"{experiment}.yaml")
-        choices.update(_group_choices(experiment_config, prefix="override /"))
-        parts.append(experiment_config)
-    if model:
-        choices["model"] = model
-    parts = [OmegaConf.create({"model": main.model}), _load(config_dir / "charset" / f"{choices['charset']}.yaml"),
-             OmegaConf.create({"model": _load(config_dir / "model" / f"{choices['model']}.yaml")}), *parts]
-    config = OmegaConf.to_container(OmegaConf.merge(*parts).model, resolve=True)
-    return {key: value for key, value in config.items() if not key.startswith("_")}
-
-
-def family_of(config: Mapping[str, Any]) -> Family:
-    """The family a model config belongs to, by its system (`_target_` of configs/model/*.yaml) or its name."""
+def _family_of_config(config: Mapping[str, Any]) -> Family:
     target = str(config.get("_target_", ""))
     for family in FAMILIES.values():
         if target == f"{family.package}.system.{family.system}":
@@ -146,18 +123,26 @@ def family_of(config: Mapping[str, Any]) -> Family:
     raise ValueError(f"model config {config.get('name')!r} belongs to no known family ({', '.join(FAMILIES)})")
 
 
-@functools.lru_cache(maxsize=None)
-def experiment_family(experiment: Optional[str] = None) -> Family:
-    """The family of an experiment config (without one, of main.yaml's default model)."""
-    choices = _group_choices(_load(CONFIG_DIR / "main.yaml"))
-    if experiment:
-        choices.update(_group_choices(_load(CONFIG_DIR / "experiment" / f"{experiment}.yaml"), prefix="override /"))
-    return family_of(OmegaConf.to_container(_load(CONFIG_DIR / "model" / f"{choices['model']}.yaml")))
+def plain_state_dict(state_dict: Mapping[str, Tensor]) -> Tuple[Family, Dict[str, Tensor]]:
+    """The family of a checkpoint's state dict, and the state dict in the plain model's layout (ours is under
+    `model.`, the original's at the top); ValueError when no family's tensors are there."""
+    for prefix in STATE_DICT_PREFIXES:
+        stripped = sub_state_dict(state_dict, prefix)
+        for family in FAMILIES.values():
+            if family.matches(stripped):
+                return family, stripped
+    sample = ", ".join(list(state_dict)[:5])
+    raise ValueError(f"not a checkpoint of a known model family ({', '.join(FAMILIES)}): none of their tensors are "
+                     f"there (its keys start with: {sample})")
 
 
-def known_settings(family: Family, system: bool = False) -> Dict[str, Any]:
-    """The settings a model of `family` takes (the keys of its config), each with the type that the constructor
-    of its plain model declares, or of its Lightning system with `system` (which imports Lightning, and types
-    the training settings too); `Any` where it declares none."""
-    annotations = parameters(family.system_class() if system else family.model_class())
-    return {key: annotations.get(key, Any) for key in sorted(model_config(model=family.name))}
+def without_weight_files(config: Mapping[str, Any]) -> Dict[str, Any]:
+    """The overrides that build a config's model with random weights: no CLIP weight file to read."""
+    return {"clip_pretrained": None} if "clip_pretrained" in config else {}
+
+
+def build_random(experiment: Optional[str] = None, system: bool = False, **overrides: Any) -> nn.Module:
+    """An experiment's plain model (or Lightning system) with random weights: no weight file is read."""
+    config = model_config(experiment)
+    config.update(without_weight_files(config), **overrides)
+    return Family.of(config).build(config, system)

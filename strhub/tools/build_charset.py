@@ -14,7 +14,6 @@ from collections import Counter
 from pathlib import Path
 from typing import Iterable, List, Optional
 
-
 from strhub.data.dataset import find_lmdbs, lmdb_labels, normalize_label
 from strhub.tools.common import CHARSET_PRESETS, HelpFormatter
 

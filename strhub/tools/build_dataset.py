@@ -34,7 +34,7 @@ from omegaconf import OmegaConf
 from PIL import Image
 from tqdm import tqdm
 
-from strhub.configs import config_file
+from strhub.config import config_file
 from strhub.tools.common import HelpFormatter, atomic_directory
 from strhub.tools.create_lmdb import count_records, read_records
 

@@ -10,7 +10,7 @@ from typing import Iterator
 
 from tqdm import tqdm
 
-from strhub.data.utils import CHARSET_36, CHARSET_62, CHARSET_94, load_charset
+from strhub.tokenizer import CHARSET_36, CHARSET_62, CHARSET_94, load_charset
 
 CHARSET_PRESETS = {"36": CHARSET_36, "62": CHARSET_62, "94": CHARSET_94}
 

@@ -10,7 +10,7 @@ from typing import Dict, List, Optional, Tuple
 from PIL import Image
 
 from strhub.data.dataset import LmdbDataset, find_lmdbs, normalize_label, read_label, shared_env
-from strhub.data.utils import CharsetAdapter
+from strhub.tokenizer import CharsetAdapter
 from strhub.tools.common import HelpFormatter, add_charset_arguments, charset_from_args, warnings_to_stderr
 from strhub.tools.create_lmdb import image_problem
 

@@ -13,7 +13,7 @@ import re
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
 
-from strhub.figures import curves_figure, save_png
+from strhub.evaluation.figures import curves_figure, save_png
 from strhub.tools.common import HelpFormatter
 
 Columns = Dict[str, List[Tuple[int, float]]]

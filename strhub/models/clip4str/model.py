@@ -9,13 +9,13 @@ from strhub.models.clip import arguments_from, clip_settings, clip_token_grid, e
 from strhub.models.decoder import Decoder, KeyValue, cloze_mask
 from strhub.models.recognizer import Recognizer
 from strhub.models.state_dicts import count_blocks, sub_state_dict
-from strhub.models.text_towers import TextTower, create_text_tower
+from strhub.models.towers import TextTower, create_text_tower
 
 
 class CLIP4STR(Recognizer):
     """The model; attribute names follow the original's state-dict layout
     (`clip_model.*`, `visual_decoder.*`, `cross_decoder.*`). The CLIP model is that of `text_tower`, the
-    text tower of the cross branch (CLIP's own, or a Hugging Face one: `strhub.models.text_towers`)."""
+    text tower of the cross branch (CLIP's own, or a Hugging Face one: `strhub.models.towers`)."""
 
     def __init__(self, text_tower: TextTower, charset_train: str, charset_test: str, max_label_length: int,
                  dec_num_heads: int, dec_mlp_ratio: int, dec_depth: int, dropout: float,

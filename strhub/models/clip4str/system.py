@@ -9,14 +9,14 @@ from strhub.models.clip import arch_to_config
 from strhub.models.clip4str.model import CLIP4STR
 from strhub.models.decoder import cloze_mask
 from strhub.models.plm import head_cross_entropy
-from strhub.models.text_towers import create_text_tower
+from strhub.models.towers import create_text_tower
 
 
 class CLIP4STRSystem(PLMSystem):
     """CLIP4STR training and evaluation. The CLIP backbone comes from `clip_pretrained` (a local
     OpenAI `.pt` or OpenCLIP `.bin` file) or, when that is None, is built with random weights from
     `clip_arch` (an open_clip architecture name, or a dict with `embed_dim`, `vision_cfg`, `text_cfg`).
-    `text_tower` (None: CLIP's own) names a Hugging Face text tower (`strhub.models.hf_tower`); the
+    `text_tower` (None: CLIP's own) names a Hugging Face text tower (`strhub.models.towers.hf`); the
     hyper-parameters keep what rebuilds it without its folder."""
 
     def __init__(self, charset_train: str, charset_test: str, max_label_length: int, batch_size: int, lr: float,
@@ -89,7 +89,8 @@ class CLIP4STRSystem(PLMSystem):
     def param_groups(self) -> List[List[Tensor]]:
         """Trainable parameters in the optimizer's four groups: CLIP without and with weight decay,
         then the decoders without and with it."""
-        decoders = [(name, param) for name, param in self.model.named_parameters() if not name.startswith("clip_model.")]
+        decoders = [(name, param) for name, param in self.model.named_parameters()
+                    if not name.startswith("clip_model.")]
         return [*split_decay(list(self.model.clip_model.named_parameters())), *split_decay(decoders)]
 
     def configure_optimizers(self) -> Dict[str, Any]:

@@ -13,8 +13,17 @@ minimum-area rectangle (see strhub.tools.convert.core). Records that cannot be u
 from pathlib import Path
 from typing import List, Optional, Sequence
 
-from strhub.tools.convert.core import (Annotations, ImageFinder, Source, Word, conversion_errors, converter_parser,
-                                       label_reason, load_json, points, run)
+from strhub.tools.convert.annotations import load_json, points
+from strhub.tools.convert.core import (
+    Annotations,
+    ImageFinder,
+    Source,
+    Word,
+    conversion_errors,
+    converter_parser,
+    label_reason,
+    run,
+)
 
 DEFAULT_LANGUAGES = ("Latin",)
 

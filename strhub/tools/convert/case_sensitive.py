@@ -12,8 +12,19 @@ from pathlib import Path
 from typing import List, Optional
 
 from strhub.tools.common import HelpFormatter
-from strhub.tools.convert.core import (IMAGE_SUFFIXES, Annotations, ImageFinder, Source, Word, add_output_arguments,
-                                       conversion_errors, label_reason, natural_key, read_lines, run)
+from strhub.tools.convert.annotations import read_lines
+from strhub.tools.convert.core import (
+    IMAGE_SUFFIXES,
+    Annotations,
+    ImageFinder,
+    Source,
+    Word,
+    add_output_arguments,
+    conversion_errors,
+    label_reason,
+    natural_key,
+    run,
+)
 
 
 def read_set(folder: Path) -> Annotations:

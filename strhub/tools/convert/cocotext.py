@@ -16,8 +16,8 @@ import html
 from functools import partial
 from typing import List, Optional, Sequence
 
-from strhub.tools.convert.core import (ImageFinder, Parsed, Word, conversion_errors, converter_parser, label_reason,
-                                       read_coco_style, region, run)
+from strhub.tools.convert.annotations import read_coco_style, region
+from strhub.tools.convert.core import ImageFinder, Parsed, Word, conversion_errors, converter_parser, label_reason, run
 
 SETS = ("train", "val")
 

@@ -19,9 +19,18 @@ import re
 from pathlib import Path
 from typing import List, Optional
 
-from strhub.tools.convert.core import (Annotations, ImageFinder, Parsed, Source, Word, conversion_errors,
-                                       converter_parser, label_reason, read_lines, read_per_image_gt, run,
-                                       split_fields)
+from strhub.tools.convert.annotations import read_lines, read_per_image_gt, split_fields
+from strhub.tools.convert.core import (
+    Annotations,
+    ImageFinder,
+    Parsed,
+    Source,
+    Word,
+    conversion_errors,
+    converter_parser,
+    label_reason,
+    run,
+)
 
 _NUMBER = r"(-?\d+(?:\.\d+)?)"
 _BOX = re.compile(r"^\s*" + r"\s*[,\s]\s*".join([_NUMBER] * 4) + r'\s*[,\s]\s*(".*")\s*$')

@@ -1,6 +1,7 @@
 """Convert ICDAR 2019 MLT (multi-lingual scene text) localisation ground truth to an STR LMDB.
 
-ANNOTATIONS is a folder of per-image files `<image>.txt` or `gt_<image>.txt`, IMAGES the scene images `<image>.jpg|png|...`.
+ANNOTATIONS is a folder of per-image files `<image>.txt` or `gt_<image>.txt`, IMAGES the scene images
+`<image>.jpg|png|...`.
 Each line is one word: `x1,y1,x2,y2,x3,y3,x4,y4,script,transcription`, the corners clockwise from the word's
 top-left, the script one of Latin, Arabic, Chinese, Japanese, Korean, Bangla, Hindi, Symbols, Mixed or None, and
 the transcription (which may hold commas) `###` for a don't-care region. Words whose script is not in --scripts
@@ -10,8 +11,8 @@ transform. A line that cannot be read or cut is named on stderr (`tr_img_00001.t
 from functools import partial
 from typing import List, Optional, Sequence
 
-from strhub.tools.convert.core import (ImageFinder, Parsed, Word, conversion_errors, converter_parser, label_reason,
-                                       read_per_image_gt, run, split_fields)
+from strhub.tools.convert.annotations import read_per_image_gt, split_fields
+from strhub.tools.convert.core import ImageFinder, Parsed, Word, conversion_errors, converter_parser, label_reason, run
 
 DEFAULT_SCRIPTS = ("Latin", "Symbols")  # what PARSeq kept of MLT19 for its Latin charset
 

@@ -12,8 +12,8 @@ and skipped.
 """
 from typing import List, Optional
 
-from strhub.tools.convert.core import (ImageFinder, Parsed, Word, conversion_errors, converter_parser, label_reason,
-                                       read_coco_style, region, run)
+from strhub.tools.convert.annotations import read_coco_style, region
+from strhub.tools.convert.core import ImageFinder, Parsed, Word, conversion_errors, converter_parser, label_reason, run
 
 ILLEGIBLE = "."
 

@@ -22,8 +22,17 @@ from pathlib import Path
 from typing import List, Optional, Tuple
 
 from strhub.tools.common import HelpFormatter
-from strhub.tools.convert.core import (Annotations, ImageFinder, Source, Word, add_output_arguments,
-                                       conversion_errors, label_reason, load_json, read_lines, run)
+from strhub.tools.convert.annotations import load_json, read_lines
+from strhub.tools.convert.core import (
+    Annotations,
+    ImageFinder,
+    Source,
+    Word,
+    add_output_arguments,
+    conversion_errors,
+    label_reason,
+    run,
+)
 from strhub.tools.create_lmdb import read_label_list
 
 BENCHMARK_FILE = "annotation.json"

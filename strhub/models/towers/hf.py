@@ -24,10 +24,17 @@ from torch import Tensor, nn
 from transformers import AutoConfig, AutoTokenizer, PretrainedConfig
 from transformers.initialization import no_init_weights
 
-from strhub.models.clip import (ClipArch, arch_from_name, arch_from_state_dict, is_hf_arch, read_clip_state_dict,
-                                run_blocks_as_ours, vision_config)
+from strhub.models.clip import (
+    ClipArch,
+    arch_from_name,
+    arch_from_state_dict,
+    is_hf_arch,
+    read_clip_state_dict,
+    run_blocks_as_ours,
+    vision_config,
+)
 from strhub.models.state_dicts import merge_settings
-from strhub.models.text_towers import TextTower
+from strhub.models.towers.base import TextTower
 
 # The files of a save_pretrained folder that hold weights.
 WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",

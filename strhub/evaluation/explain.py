@@ -1,6 +1,6 @@
 """Where a recognizer looks, as tensors: the decoders' cross-attention over their memory for every decoded
 character, per decoder and decoding pass, and Grad-CAM of the image tokens for each character's logit. Works for
-every model family (`strhub.figures.attention_figure` draws the result).
+every model family (`strhub.evaluation.figures.attention_figure` draws the result).
 
     explanations = explain(model, images)                 # one Explanation per image
     maps = explanations[0].passes[-1].attention           # (characters, heads, memory tokens), last layer

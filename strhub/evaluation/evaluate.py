@@ -1,5 +1,5 @@
 """Benchmark evaluation of a checkpoint, as test.py reports it: per-dataset metrics, the original's
-Markdown tables for each test group (strhub.benchmarks), and the Markdown, JSON and CSV files written beside the
+Markdown tables for each test group (strhub.evaluation.groups), and the Markdown, JSON and CSV files written beside the
 checkpoint.
 
 Two protocols: the original's (labels folded to ASCII, words compared on lowercase alphanumerics,
@@ -21,13 +21,12 @@ import torch
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from strhub.benchmarks import DEFAULT_PROTOCOL, BenchmarkGroup, label_lengths, select_groups
-from strhub.cli import autocast_context, default_device, worker_count
 from strhub.data.dataset import LmdbDataset
 from strhub.data.module import SceneTextDataModule
-from strhub.failures import SampleLog
-from strhub.models.checkpoint import best_checkpoint, read_model_checkpoint
-from strhub.models.utils import load_from_checkpoint
+from strhub.evaluation.failures import SampleLog
+from strhub.evaluation.groups import DEFAULT_PROTOCOL, BenchmarkGroup, label_lengths, select_groups
+from strhub.host import autocast_context, default_device, worker_count
+from strhub.models.checkpoint import read_checkpoint
 
 log = logging.getLogger(__name__)
 
@@ -167,7 +166,7 @@ def label_filtering(dataset: LmdbDataset) -> Dict[str, Any]:
             "trimmed": dataset.num_trimmed, "undecodable": dataset.num_skipped}
 
 
-def protocol_charset(checkpoint: Path, overrides: Dict[str, Any], cased: bool, punctuation: bool, full_charset: bool,
+def protocol_charset(charset_train: str, cased: bool, punctuation: bool, full_charset: bool,
                      ignore_case: bool) -> str:
     """The test charset of a protocol: the original's (see `evaluation_charset`), or the model's
     training charset (an override, or else the checkpoint's), folded to lower case when `ignore_case`."""
@@ -178,8 +177,7 @@ def protocol_charset(checkpoint: Path, overrides: Dict[str, Any], cased: bool, p
     if cased or punctuation:
         raise ValueError("cased and punctuation extend the 36-character protocol; full_charset compares every "
                          "character of the model's charset already")
-    charset = overrides.get("charset_train") or read_model_checkpoint(checkpoint, overrides)[2]["charset_train"]
-    return caseless_charset(charset) if ignore_case else charset
+    return caseless_charset(charset_train) if ignore_case else charset_train
 
 
 def report_stem(checkpoint: Path, selection: str, settings: Dict[str, object]) -> str:
@@ -208,7 +206,7 @@ def evaluate_checkpoint(checkpoint: Path, data_root: Path, batch_size: int = 512
                         groups: Sequence[str] = (), errors: Optional[Path] = None) -> str:
     """Evaluates a checkpoint (a file, or a run folder whose best checkpoint is taken) on the test sets under
     `data_root/test` of the protocol's groups, `new`'s and the extra `groups` (names in configs/test_groups or
-    YAML files; see strhub.benchmarks), or on the named `datasets` there as one `Test` group. Prints the report
+    YAML files; see strhub.evaluation.groups), or on the named `datasets` there as one `Test` group. Prints the report
     and writes it beside the checkpoint as `<checkpoint>.log_<selection>.<settings>.md`, `.json` and `.csv` (one
     row per dataset); the default selection is named `new<new>`, and `<settings>` is a digest of what the numbers
     depend on (data root, test sets, charset, label settings, transforms, batch size, precision, model overrides),
@@ -222,16 +220,13 @@ def evaluate_checkpoint(checkpoint: Path, data_root: Path, batch_size: int = 512
     branch's captions; `ignore_case` folds both sides to lower case. Otherwise labels are folded to
     ASCII and compared on lowercase alphanumerics, plus upper case (`cased`) and punctuation."""
     selection, test_groups = select_groups(protocol, new, groups, datasets)
-    if checkpoint.is_dir():
-        checkpoint = best_checkpoint(checkpoint)
-        print(f"Best checkpoint by validation accuracy: {checkpoint}")
-    elif not checkpoint.is_file():
-        raise FileNotFoundError(f"checkpoint not found: {checkpoint}")
     device = default_device(device)
     num_workers = worker_count(4) if num_workers is None else num_workers
-    kwargs = dict(model_kwargs or {})
-    kwargs["charset_test"] = protocol_charset(checkpoint, kwargs, cased, punctuation, full_charset, ignore_case)
-    model = load_from_checkpoint(str(checkpoint), **kwargs).eval().to(device)
+    read = read_checkpoint(checkpoint, model_kwargs, system=True)
+    checkpoint = read.path
+    read.config["charset_test"] = protocol_charset(read.config["charset_train"], cased, punctuation, full_charset,
+                                                   ignore_case)
+    model = read.build(system=True).eval().to(device)
     hp = model.hparams
     remove_whitespace = not (full_charset and any(char.isspace() for char in hp.charset_test))
     lengths = label_lengths(test_groups, hp.max_label_length)

@@ -1,16 +1,14 @@
-#!/usr/bin/env python3
 """Inference time of PyTorch eager against ONNX Runtime on the same weights (CLIP4STR-B/16 with random weights by
 default, or any experiment or checkpoint), in one process on the same inputs, after the export has been checked
 against PyTorch. The two backends run alternately, several repeats each, so that a shared machine slows both
 alike; the medians and their ratio are printed. Both use `--threads` intra-op threads.
 
-    python bench_onnx.py                                  # vl4str (B/16), batches 1 and 8, CPU, float32
-    python bench_onnx.py --experiment parseq --batches 1 32 --repeats 9
-    python bench_onnx.py --weights some_checkpoint.pt --export-dir exports/base
+    python bench.py onnx                                  # vl4str (B/16), batches 1 and 8, CPU, float32
+    python bench.py onnx --experiment parseq --batches 1 32 --repeats 9
+    python bench.py onnx --weights some_checkpoint.pt --export-dir exports/base
 
-Inputs are those of bench_speed.py: `randn(B, 3, H, W)` clamped to [-1, 1], generator seed + B.
+Inputs are those of `bench.py speed`: `randn(B, 3, H, W)` clamped to [-1, 1], generator seed + B.
 """
-import argparse
 import statistics
 import tempfile
 import time
@@ -22,11 +20,12 @@ import torch
 from omegaconf import OmegaConf
 from tqdm import tqdm
 
-from bench_speed import build_plain
-from strhub.cli import reuse_freed_memory
-from strhub.configs import CONFIG_DIR
+from strhub.app.bench.speed import build_plain
+from strhub.app.common import Parser, count
+from strhub.config import CONFIG_DIR
 from strhub.deploy import OnnxReader
 from strhub.deploy.export import check_export, export_onnx
+from strhub.host import reuse_freed_memory, timed
 
 
 def interleaved(runs: Dict[str, Callable[[], object]], warmup: int, repeats: int,
@@ -39,22 +38,20 @@ def interleaved(runs: Dict[str, Callable[[], object]], warmup: int, repeats: int
     times: Dict[str, List[float]] = {name: [] for name in names}
     for repeat in range(repeats):
         for name in names if repeat % 2 == 0 else reversed(names):
-            start = time.perf_counter()
-            runs[name]()
-            times[name].append(time.perf_counter() - start)
+            times[name] += timed(runs[name], "cpu", warmup=0, repeats=1)
         progress.update(1)
     return times
 
 
 def main(argv: Optional[List[str]] = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = Parser(__doc__, prog="bench.py onnx")
     parser.add_argument("--experiment", default="vl4str", help="experiment config (random weights)")
     parser.add_argument("--weights", help="checkpoint to load instead of random weights")
-    parser.add_argument("--batches", type=int, nargs="+", default=[1, 8])
-    parser.add_argument("--warmup", type=int, default=2)
-    parser.add_argument("--repeats", type=int, default=7)
+    parser.add_argument("--batches", type=count(1), nargs="+", default=[1, 8])
+    parser.add_argument("--warmup", type=count(0), default=2)
+    parser.add_argument("--repeats", type=count(1), default=7)
     parser.add_argument("--seed", type=int, default=0, help="seed of the inputs (images: seed + batch)")
-    parser.add_argument("--threads", type=int, default=0, help="intra-op threads of both (0: PyTorch's default)")
+    parser.add_argument("--threads", type=count(0), default=0, help="intra-op threads of both (0: PyTorch's default)")
     parser.add_argument("--export-dir", type=Path, help="where to write the export (default: a temporary folder)")
     args = parser.parse_args(argv)
     args.compile, args.charset_file = False, None  # what build_plain reads (the weights keep their charset)

@@ -10,47 +10,28 @@ implementations can be measured on the very same weights). Inputs are fixed by `
 charset, 1 to 25 characters (or to --label-length), the first that long, or as long as labels drawn from
 a dataset (`--lengths-from`: the step time depends on how many characters the batch holds).
 
-    python bench_speed.py                      # B/16, 224x224, fp32, batches 1 and 8, training at 8
-    python bench_speed.py --device cuda --precision bf16 --batches 1 256 --train-batch 128
-    python bench_speed.py --experiment tiny --charset-file chars.txt --train-batch 64   # a large charset
-    python bench_speed.py --experiment tiny --train-batch 32 --lengths-from data/train/real   # real label lengths
-    python bench_speed.py --experiment parseq --batches 1 64
+    python bench.py speed                      # B/16, 224x224, fp32, batches 1 and 8, training at 8
+    python bench.py speed --device cuda --precision bf16 --batches 1 256 --train-batch 128
+    python bench.py speed --experiment tiny --charset-file chars.txt --train-batch 64   # a large charset
+    python bench.py speed --experiment tiny --train-batch 32 --lengths-from data/train/real   # real label lengths
+    python bench.py speed --experiment parseq --batches 1 64
 """
 import argparse
 import json
-import multiprocessing as mp
-import random
 import statistics
 import time
 from pathlib import Path
-from queue import Empty
-from typing import Any, Callable, Dict, List, Optional, Sequence
+from typing import Any, Callable, Dict, List, Optional
 
 import torch
 
-from strhub.cli import autocast_context, reuse_freed_memory
-from strhub.data.utils import load_charset
-from strhub.memory import peak_memory, reset_peak_memory
+from strhub.app.common import Parser, count
+from strhub.host import autocast_context, peak_memory, reset_peak_memory, reuse_freed_memory, synchronize, timed
 from strhub.models.checkpoint import load_model
 from strhub.models.recognizer import Recognizer
-from strhub.models.registry import experiment_family, model_config, without_weight_files
-
-
-def timed(fn: Callable[[], Any], device: torch.device, warmup: int, repeats: int) -> List[float]:
-    """Seconds of each of `repeats` runs of `fn` after `warmup` runs."""
-    times = []
-    for i in range(warmup + repeats):
-        start = time.perf_counter()
-        fn()
-        synchronize(device)
-        if i >= warmup:
-            times.append(time.perf_counter() - start)
-    return times
-
-
-def synchronize(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize()
+from strhub.models.registry import build_random
+from strhub.tokenizer import load_charset
+from strhub.training.measure import TrainingStep, run_in_fresh_process, training_labels
 
 
 class EncoderClock:
@@ -66,18 +47,6 @@ class EncoderClock:
         synchronize(self.device)
         self.seconds.append(time.perf_counter() - start)
         return memory
-
-
-def training_labels(charset: str, count: int, max_length: int, seed: int,
-                    lengths: Optional[Sequence[int]] = None) -> List[str]:
-    """Random labels of 1 to `max_length` characters, the first one as long as allowed; or, given `lengths`,
-    labels as long as lengths drawn from them (at most `max_length`)."""
-    rng = random.Random(seed)
-    if lengths:
-        sizes = [min(rng.choice(lengths), max_length) for _ in range(count)]
-    else:
-        sizes = [max_length] + [rng.randint(1, max_length) for _ in range(count - 1)]
-    return ["".join(rng.choice(charset) for _ in range(size)) for size in sizes]
 
 
 def dataset_label_lengths(path: str) -> List[int]:
@@ -107,9 +76,7 @@ def build_plain(args: argparse.Namespace) -> Recognizer:
         model = load_model(args.weights)
     else:
         torch.manual_seed(0)
-        config = model_config(args.experiment)
-        model = experiment_family(args.experiment).build_model({**config, **without_weight_files(config),
-                                                                **charset_overrides(args)})
+        model = build_random(args.experiment, **charset_overrides(args))
     if args.compile:
         compile_encoder(model)
     return model
@@ -123,21 +90,20 @@ def compile_encoder(model: Recognizer) -> None:
 
 def build_system(args: argparse.Namespace):
     """The Lightning system, as training uses it."""
-    from strhub.models.utils import create_model, load_from_checkpoint
+    from strhub.models.utils import load_from_checkpoint
 
     if args.weights:
         system = load_from_checkpoint(args.weights)
     else:
         torch.manual_seed(0)
-        system = create_model(args.experiment, **without_weight_files(model_config(args.experiment)),
-                              **charset_overrides(args))
+        system = build_random(args.experiment, system=True, **charset_overrides(args))
     system.model.set_grad_checkpointing(args.grad_checkpointing, args.grad_checkpointing_decoder)
     if args.compile:
         compile_encoder(system.model)
     return system
 
 
-def measure(args: argparse.Namespace, task: str, batch: int, queue: mp.Queue) -> None:
+def measure(args: argparse.Namespace, task: str, batch: int) -> Dict[str, Any]:
     torch.set_num_threads(args.threads or torch.get_num_threads())
     reuse_freed_memory()
     device = torch.device(args.device)
@@ -159,44 +125,18 @@ def measure(args: argparse.Namespace, task: str, batch: int, queue: mp.Queue) ->
     else:
         max_length = min(args.label_length or model.hparams.max_label_length, model.hparams.max_label_length)
         labels = training_labels(model.hparams.charset_train, batch, max_length, args.seed, args.label_lengths)
-        params = [p for p in model.parameters() if p.requires_grad]
-        optimizer = torch.optim.AdamW(params, lr=1e-5, fused=device.type in ("cuda", "cpu"))
-
-        def step() -> None:
-            with autocast_context(device, args.precision):
-                loss = model.training_step((images, labels), 0)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(params, 20.0)
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
+        step = TrainingStep(model, images, labels, autocast_context(device, args.precision))
 
         def encoder_step() -> None:
             with autocast_context(device, args.precision):
                 memory = model.model.encode(images)
             memory.float().mean().backward()
-            optimizer.zero_grad(set_to_none=True)
+            step.optimizer.zero_grad(set_to_none=True)
 
         result["seconds"] = statistics.median(timed(step, device, args.warmup, args.repeats))
         result["encoder_seconds"] = statistics.median(timed(encoder_step, device, args.warmup, args.repeats))
         result["after_encoder_seconds"] = result["seconds"] - result["encoder_seconds"]
     result["peak_memory_mib"] = peak_memory(device) / 2**20
-    queue.put(result)
-
-
-def run(args: argparse.Namespace, task: str, batch: int) -> Dict[str, Any]:
-    context = mp.get_context("spawn")
-    queue = context.Queue()
-    process = context.Process(target=measure, args=(args, task, batch, queue))
-    process.start()
-    while True:
-        try:
-            result = queue.get(timeout=1)
-            break
-        except Empty:
-            if not process.is_alive():
-                raise SystemExit(f"the {task} measurement at batch {batch} ended without a result (exit code "
-                                 f"{process.exitcode}; its error is printed above)") from None
-    process.join()
     return result
 
 
@@ -209,15 +149,15 @@ def report(result: Dict[str, Any]) -> str:
 
 
 def main(argv: Optional[List[str]] = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = Parser(__doc__, prog="bench.py speed")
     parser.add_argument("--experiment", default="vl4str", help="experiment config (random weights)")
     parser.add_argument("--weights", help="checkpoint to load instead of random weights")
     parser.add_argument("--charset-file", help="train and test charset, one character per line (random weights only)")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--precision", default="32", choices=["32", "bf16", "16"])
-    parser.add_argument("--batches", type=int, nargs="+", default=[1, 8], help="inference batch sizes")
-    parser.add_argument("--train-batch", type=int, default=8, help="training batch size (0: skip)")
-    parser.add_argument("--label-length", type=int, default=0,
+    parser.add_argument("--batches", type=count(1), nargs="+", default=[1, 8], help="inference batch sizes")
+    parser.add_argument("--train-batch", type=count(0), default=8, help="training batch size (0: skip)")
+    parser.add_argument("--label-length", type=count(0), default=0,
                         help="longest training label (0: the model's max_label_length, 25)")
     parser.add_argument("--lengths-from", help="training labels as long as those of this dataset (an LMDB, a folder "
                         "of LMDBs or a text file of labels), their characters random")
@@ -226,10 +166,10 @@ def main(argv: Optional[List[str]] = None) -> None:
                         help="training: recompute the encoder blocks in the backward pass")
     parser.add_argument("--grad-checkpointing-decoder", action="store_true",
                         help="training: recompute the decoder layers in the backward pass")
-    parser.add_argument("--warmup", type=int, default=2)
-    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--warmup", type=count(0), default=2)
+    parser.add_argument("--repeats", type=count(1), default=5)
     parser.add_argument("--seed", type=int, default=0, help="seed of the inputs (images: seed + batch)")
-    parser.add_argument("--threads", type=int, default=0, help="CPU threads (0: PyTorch's default)")
+    parser.add_argument("--threads", type=count(0), default=0, help="CPU threads (0: PyTorch's default)")
     parser.add_argument("--json", help="also write the results to this file")
     args = parser.parse_args(argv)
     if args.weights and args.charset_file:
@@ -237,14 +177,18 @@ def main(argv: Optional[List[str]] = None) -> None:
     if args.weights and not Path(args.weights).is_file():
         parser.error(f"--weights {args.weights}: no such file")
     args.label_lengths = dataset_label_lengths(args.lengths_from) if args.lengths_from else None
-    results = [run(args, "inference", batch) for batch in args.batches]
-    if args.train_batch:
-        results.append(run(args, "training", args.train_batch))
+    try:
+        results = [run_in_fresh_process(measure, args, "inference", batch) for batch in args.batches]
+        if args.train_batch:
+            results.append(run_in_fresh_process(measure, args, "training", args.train_batch))
+    except RuntimeError as err:
+        parser.error(str(err))
     checkpointed = [part for part, on in (("encoder", args.grad_checkpointing),
                                           ("decoder", args.grad_checkpointing_decoder)) if on]
     print(f"{args.weights or args.experiment} on {args.device}, precision {args.precision}"
           f"{', compiled encoder' if args.compile else ''}"
-          f"{', checkpointed ' + ' and '.join(checkpointed) if checkpointed else ''}, {torch.get_num_threads()} threads")
+          f"{', checkpointed ' + ' and '.join(checkpointed) if checkpointed else ''}, "
+          f"{torch.get_num_threads()} threads")
     for result in results:
         print(report(result))
     if args.json:

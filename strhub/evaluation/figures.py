@@ -14,7 +14,7 @@ from matplotlib.patches import Rectangle
 from PIL import Image
 from torch import Tensor
 
-from strhub.explain import Explanation, PassMaps
+from strhub.evaluation.explain import Explanation, PassMaps
 
 DPI = 100
 FONT = 9  # points

@@ -6,7 +6,7 @@
   embeddings, projections) forms the root unit. Checkpoints hold the full state dict, gathered on rank 0, so they load
   like any other. Lightning runs FSDP on CUDA GPUs only.
 - `deepspeed_stage_2` (and Lightning's other DeepSpeed names): where the deepspeed package is installed.
-  Its checkpoints are folders; see the README for the command that turns one into a file.
+  Its checkpoints are folders; see docs/training.md for the command that turns one into a file.
 - Any other name goes to Lightning as it is.
 """
 import importlib.util
@@ -16,7 +16,7 @@ import torch
 from pytorch_lightning.strategies import DDPStrategy, FSDPStrategy, Strategy
 from torch.distributed.fsdp.wrap import ModuleWrapPolicy
 
-from strhub.cli import ConfigError
+from strhub.keys import ConfigError
 from strhub.models.base import PLMSystem
 
 

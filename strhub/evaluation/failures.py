@@ -11,7 +11,7 @@ from tqdm import tqdm
 
 from strhub.data.dataset import LmdbDataset, shared_env
 from strhub.data.transforms import to_rgb
-from strhub.figures import SHEET_COLUMNS, SHEET_ROWS, contact_sheet, save_png
+from strhub.evaluation.figures import SHEET_COLUMNS, SHEET_ROWS, contact_sheet, save_png
 from strhub.models.base import BatchResult
 
 CSV_NAME = "samples.csv"
@@ -31,7 +31,7 @@ class Sample:
 
 
 class SampleLog:
-    """Collects the samples of each benchmark as `strhub.evaluate.evaluate` runs: `add` per batch, `close` once a
+    """Collects the samples of each benchmark as `evaluation.evaluate.evaluate` runs: `add` per batch, `close` once a
     benchmark's loader is done (the record numbers are known then), `write` at the end."""
 
     def __init__(self) -> None:

@@ -1,22 +1,21 @@
-#!/usr/bin/env python3
 """Data-loading throughput: images/second of the training loader (RandAugment, resize, normalisation)
 per number of DataLoader workers. Reads the LMDBs under --data, or renders a synthetic set first.
 
-    python scripts/bench_data.py --data ../shared/data/real/train --workers 1 2
+    python bench.py data --data ../shared/data/real/train --workers 1 2
 """
-import argparse
 import resource
 import tempfile
 import time
 from pathlib import Path
-from typing import Tuple
+from typing import List, Optional, Tuple
 
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from strhub.app.common import Parser, count
 from strhub.data.dataset import build_tree_dataset, skip_corrupt_collate
 from strhub.data.transforms import OPENAI_MEAN, OPENAI_STD, get_transform
-from strhub.data.utils import CHARSET_94
+from strhub.tokenizer import CHARSET_94
 from strhub.tools.render_words import WordRenderer, find_fonts, generate
 
 
@@ -43,16 +42,17 @@ def throughput(dataset: Dataset, workers: int, batch_size: int, epochs: int) -> 
     return timed / wall, images / cpu
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def main(argv: Optional[List[str]] = None) -> None:
+    parser = Parser(__doc__, prog="bench.py data")
     parser.add_argument("--data", type=Path, help="LMDB or folder of LMDBs (default: render --images synthetic ones)")
-    parser.add_argument("--images", type=int, default=2000, help="synthetic images to render when --data is absent")
-    parser.add_argument("--workers", type=int, nargs="+", default=[1, 2], help="worker counts to time")
-    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--images", type=count(1), default=2000,
+                        help="synthetic images to render when --data is absent")
+    parser.add_argument("--workers", type=count(0), nargs="+", default=[1, 2], help="worker counts to time")
+    parser.add_argument("--batch-size", type=count(1), default=64)
     parser.add_argument("--img-size", type=int, nargs=2, default=(224, 224), metavar=("H", "W"))
-    parser.add_argument("--epochs", type=int, default=1, help="passes over the data per worker count")
+    parser.add_argument("--epochs", type=count(1), default=1, help="passes over the data per worker count")
     parser.add_argument("--no-augment", action="store_true", help="time without RandAugment")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     torch.set_num_threads(1)
     with tempfile.TemporaryDirectory() as tmp:
         data = args.data

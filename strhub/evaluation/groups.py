@@ -17,7 +17,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 from omegaconf import OmegaConf
 
-from strhub.configs import config_file
+from strhub.config import config_file
 
 DEFAULT_PROTOCOL = "clip4str"
 
