@@ -1,6 +1,7 @@
 """The package as a user installs it: a wheel built from the source, installed into a fresh virtual environment
 (beside this interpreter's packages, so that nothing is downloaded) and used from a folder that holds nothing of
-the repository: render words, train the tiny config for a few steps, test and read with the result."""
+the repository: render words, train the tiny config for a few steps, test and read with the result (with the
+console scripts and with `python -m`)."""
 import os
 import shutil
 import subprocess
@@ -73,3 +74,6 @@ def test_a_wheel_installed_in_a_fresh_venv_trains_tests_and_reads_from_any_folde
     image = shutil.copy(REPO / "misc" / "test_images" / "demo_1.png", work / "demo_1.png")
     read = run([bin_dir / "strhub-read", "run", image, "--device", "cpu"], work, env)
     assert read.stdout.startswith(f"{image}: "), read.stdout
+    module = run([bin_dir / "python", "-m", "strhub.app.read", "run/checkpoints/last.ckpt", image, "--device", "cpu"],
+                 work, env)
+    assert module.stdout == read.stdout
