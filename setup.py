@@ -13,7 +13,7 @@ setup(
     if Path(__file__).with_name("README.md").exists() else "",
     long_description_content_type="text/markdown",
     license="Apache-2.0",
-    python_requires=">=3.9",
+    python_requires=">=3.11,<3.12",  # the versions the tests ran on (docs/tests.md, Python versions)
     # configs/ stays at the top of the source tree, where users edit it; a wheel carries it as strhub/configs
     # (strhub.config finds either), with render_words' own fonts and their licences.
     packages=find_packages(include=["strhub", "strhub.*"]) + ["strhub.configs"],

@@ -1,5 +1,4 @@
-"""Render synthetic word images with strhub's own fonts and those installed on this machine, and write
-train/val/test LMDBs.
+"""Render synthetic word images with strhub's own fonts and the machine's, and write train/val/test LMDBs.
 
 Texts are dictionary words (a built-in English list or --words, in any script), numbers and random strings
 over the charset; each image varies font, size, colours, background, outline, rotation, perspective, blur,
@@ -72,8 +71,7 @@ television video photo camera studio design build repair motor auto garage tire 
 
 
 def find_fonts(paths: Sequence[str] = ()) -> List[Path]:
-    """Font files (.ttf, .otf, .ttc) in the given files/folders, or else in strhub's own and the system font folders,
-    sorted."""
+    """Font files (.ttf, .otf, .ttc) in the given files/folders, else in strhub's and the system's font folders."""
     found = set()
     for path in map(lambda p: Path(p).expanduser(), paths or FONT_DIRS):
         if path.is_file() and path.suffix.lower() in FONT_SUFFIXES:
