@@ -126,7 +126,7 @@ def test_test_py_on_a_run_folder_picks_the_best_and_writes_reports(checkpoint: P
     proc = run([sys.executable, "test.py", str(tmp_path / "run"), "--data_root", str(svt_root), "--device", "cpu",
                 "--num_workers", "0", "--batch_size", "4"])
     assert proc.returncode == 0, proc.stderr
-    assert f"Best checkpoint by validation accuracy: {best}" in proc.stdout
+    assert f"Best checkpoint by validation accuracy: {best}" in proc.stderr
     assert "benchmarks missing" in proc.stderr and "IIIT5k" in proc.stderr
     assert re.search(r"^\| SVT      \|        10 \|", proc.stdout, re.M)
     assert "Total samples 10." in proc.stdout
