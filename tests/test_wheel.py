@@ -4,6 +4,7 @@ the repository: render words, train the tiny config for a few steps, test and re
 console scripts and with `python -m`)."""
 import os
 import shutil
+import site
 import subprocess
 import sys
 import zipfile
@@ -52,6 +53,11 @@ def test_a_wheel_installed_in_a_fresh_venv_trains_tests_and_reads_from_any_folde
     env = {key: value for key, value in os.environ.items() if key not in ("PYTHONPATH", "VIRTUAL_ENV")}
     run([sys.executable, "-m", "venv", "--system-site-packages", venv], tmp_path, env)
     bin_dir = venv / "bin"
+    # --system-site-packages reaches the base interpreter's packages; where the tests run in a virtual environment,
+    # the requirements are in that one: its site-packages follow the new venv's own (their .pth files unread, so an
+    # editable strhub there stays out of the way).
+    (site_packages,) = venv.glob("lib/python*/site-packages")
+    (site_packages / "requirements.pth").write_text("\n".join(site.getsitepackages()) + "\n")
     env["PATH"] = f"{bin_dir}{os.pathsep}{env.get('PATH', '')}"
     # --force-reinstall: this interpreter may have strhub installed (editable) already; the venv gets its own copy.
     run([bin_dir / "python", "-m", "pip", "install", "-q", "--no-deps", "--no-index", "--force-reinstall", wheel],
