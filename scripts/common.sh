@@ -10,10 +10,18 @@ use_device() {
     fi
 }
 
+# released_name NAME: whether NAME is a name, alias or file name of a released checkpoint in the catalogue
+# (strhub/hub/released.yaml, or $STRHUB_CATALOGUE), which the Python scripts download and cache.
+released_name() {
+    local name=${1//./\\.}
+    grep -qE "^\s*(- )?(name|file): $name\$|^\s*aliases: \[(.*, )?$name(, .*)?\]\$" \
+        "${STRHUB_CATALOGUE:-$repo/strhub/hub/released.yaml}" 2>/dev/null
+}
+
 # inference_args MIN_ARGS SCRIPT ARGS...: prints the script's usage and exits when fewer than MIN_ARGS arguments are
-# given; otherwise sets $device from the first argument and $checkpoint from the second (a path, or a name under
-# $OUTPUTS, default outputs; neither: an error naming the checkpoint as typed). The caller then drops both with
-# `shift 2`.
+# given; otherwise sets $device from the first argument and $checkpoint from the second (a path, a name under
+# $OUTPUTS, default outputs, or a released checkpoint's name; none: an error naming the checkpoint as typed). The
+# caller then drops both with `shift 2`.
 inference_args() {
     local min_args=$1 script=$2
     shift 2
@@ -25,7 +33,9 @@ inference_args() {
     checkpoint=$2
     if [[ ! -e $checkpoint ]]; then
         checkpoint="${OUTPUTS:-outputs}/$2"
-        if [[ ! -e $checkpoint ]]; then
+        if released_name "$2" && [[ ! -e $checkpoint ]]; then
+            checkpoint=$2
+        elif [[ ! -e $checkpoint ]]; then
             echo "$(basename "$script"): error: checkpoint not found: $2 (neither a path from here nor a name under" \
                 "OUTPUTS=${OUTPUTS:-outputs})" >&2
             exit 2

@@ -22,8 +22,12 @@ def load_charset(path: str) -> str:
     file = Path(path)
     if not file.is_file():
         raise FileNotFoundError(f"charset file not found: {file}")
+    try:
+        text = file.read_text(encoding="utf-8-sig")
+    except UnicodeDecodeError as err:
+        raise ValueError(f"{file} is not UTF-8 text (byte {err.start}: {err.reason})") from None
     chars: Dict[str, None] = {}
-    for number, line in enumerate(file.read_text(encoding="utf-8-sig").splitlines(), start=1):
+    for number, line in enumerate(text.splitlines(), start=1):
         if not line:
             continue
         char = " " if line == " " else unicodedata.normalize("NFC", line.strip())

@@ -3,6 +3,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from hypothesis import HealthCheck, settings
 
 from strhub.config import model_config
 from strhub.models.clip4str.system import CLIP4STRSystem
@@ -16,6 +17,17 @@ from strhub.tools.create_lmdb import folder_records, write_lmdb
 # thread, a busy machine slows the suite in proportion to the load.
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
+
+# The fuzzing suite's runs (tests/test_fuzz.py): `default`, a fixed small number of examples per property from a fixed
+# seed (the same examples on every run, within the suite's time budget); `deep`, many random ones
+# (`pytest tests/test_fuzz.py --hypothesis-profile=deep`). Each test that needs fewer examples says so.
+settings.register_profile("default", max_examples=8, derandomize=True, deadline=None, print_blob=True,
+                          suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow,
+                                                 HealthCheck.data_too_large])
+settings.register_profile("deep", max_examples=200, deadline=None, print_blob=True,
+                          suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow,
+                                                 HealthCheck.data_too_large])
+settings.load_profile("default")
 
 REPO = Path(__file__).resolve().parents[1]
 TEST_IMAGES = REPO / "misc" / "test_images"

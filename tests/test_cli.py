@@ -284,14 +284,14 @@ def test_test_py_full_charset_on_rendered_chinese_counts_the_set_minus_the_drops
 
 def test_full_charset_protocol_charsets(checkpoint: Path) -> None:
     charset_train = create_model("tiny").hparams.charset_train
-    assert protocol_charset(checkpoint, {}, False, False, False, False) == "0123456789abcdefghijklmnopqrstuvwxyz"
-    assert protocol_charset(checkpoint, {}, False, False, True, False) == charset_train
-    assert protocol_charset(checkpoint, {"charset_train": "AbΩω"}, False, False, True, True) == "abω"
+    assert protocol_charset(charset_train, False, False, False, False) == "0123456789abcdefghijklmnopqrstuvwxyz"
+    assert protocol_charset(charset_train, False, False, True, False) == charset_train
+    assert protocol_charset("AbΩω", False, False, True, True) == "abω"
     assert caseless_charset("AaÉéΣσİ中") == "aéσi\u0307中"  # each case once; İ lowers to i and a combining dot
     with pytest.raises(ValueError, match="ignore_case applies to the full-charset protocol"):
-        protocol_charset(checkpoint, {}, False, False, False, True)
+        protocol_charset(charset_train, False, False, False, True)
     with pytest.raises(ValueError, match="cased and punctuation extend the 36-character protocol"):
-        protocol_charset(checkpoint, {}, True, False, True, False)
+        protocol_charset(charset_train, True, False, True, False)
     for flags, message in ((["--full_charset", "--cased"], "drop --cased and --punctuation"),
                            (["--ignore_case"], "--ignore_case goes with --full_charset")):
         proc = run([sys.executable, "test.py", str(checkpoint), *flags])

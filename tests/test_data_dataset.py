@@ -235,8 +235,9 @@ def test_structural_errors_name_the_lmdb_and_key(tmp_path):
     with lmdb.open(str(tmp_path / "nolabel")) as env, env.begin(write=True) as txn:
         txn.put(b"num-samples", b"2")
         txn.put(b"label-000000001", b"a")
-    with pytest.raises(KeyError, match="nolabel: key 'label-000000002' is missing"):
-        LmdbDataset(tmp_path / "nolabel", CHARSET_36, 25)
+    with pytest.warns(UserWarning, match="nolabel: key 'label-000000002' is missing .*; record skipped"):
+        dataset = LmdbDataset(tmp_path / "nolabel", CHARSET_36, 25)  # a bad record: counted, and the rest read
+    assert dataset.labels == ["a"] and dataset.filtered["unreadable"] == 1
 
 
 def test_tree_dataset_concatenates_every_nested_lmdb_in_sorted_order(tmp_path):

@@ -220,3 +220,33 @@ def test_bench_onnx_times_both_backends_on_the_same_weights(monkeypatch, capsys)
         ratio = float(line.split("|")[2].split()[-1])
         assert pytorch > 0 and onnx_runtime > 0 and ratio == pytest.approx(pytorch / onnx_runtime, rel=0.02)
         assert float(line.split("within")[1]) <= LOGIT_ATOL
+
+
+def test_a_failed_export_leaves_nothing_and_keeps_the_previous_one(clip4str_files, tmp_path, monkeypatch, capsys):
+    """export.py writes in a hidden folder moved into place when checked: a check that fails after model.json is
+    written leaves no folder the reader opens, and a previous export whole."""
+    out = tmp_path / "export"
+    status, stdout, stderr = _run("export.py", [clip4str_files["ckpt"], "--out", out], monkeypatch, capsys)
+    assert status == 0, stderr
+    before = {path.name: path.read_bytes() for path in out.iterdir()}
+    real_check = check_export
+
+    def failing_check(model, folder, *args, **kwargs):
+        assert (folder / "model.json").is_file()  # the whole export is written: only the end-to-end check fails
+        real_check(model, folder, *args, **kwargs)
+        raise ExportError(f"{folder}: at batch 1 ONNX Runtime reads a and PyTorch b")
+
+    monkeypatch.setattr("strhub.deploy.export.check_export", failing_check)
+    for target in (out, tmp_path / "new"):
+        status, _, stderr = _run("export.py", [clip4str_files["ckpt"], "--out", target], monkeypatch, capsys)
+        assert status == 1 and stderr.strip().splitlines() == [
+            f"error: {target}: at batch 1 ONNX Runtime reads a and PyTorch b"]
+    assert {path.name: path.read_bytes() for path in out.iterdir()} == before
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["export"]  # no hidden folder left either
+    with pytest.raises(ExportNotFoundError):
+        OnnxReader(tmp_path / "new")
+    (tmp_path / "notes").mkdir()
+    (tmp_path / "notes" / "todo.txt").write_text("mine")
+    status, _, stderr = _run("export.py", [clip4str_files["ckpt"], "--out", tmp_path / "notes"], monkeypatch, capsys)
+    assert status == 1 and "notes holds other files than a previous export" in stderr
+    assert (tmp_path / "notes" / "todo.txt").read_text() == "mine"

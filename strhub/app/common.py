@@ -19,7 +19,8 @@ BOOLEANS = {"true": True, "1": True, "yes": True, "on": True, "false": False, "0
 
 # The exceptions of each layer that report a user's mistake, by module (a module not imported raised none of them).
 USER_ERRORS = {"strhub.models.safe_load": "InvalidCheckpointError", "strhub.evaluation.groups": "GroupError",
-               "strhub.deploy.export": "ExportError", "strhub.training.callbacks": "TrainingError"}
+               "strhub.deploy.export": "ExportError", "strhub.training.callbacks": "TrainingError",
+               "strhub.evaluation.evaluate": "EvaluationError", "strhub.evaluation.reports": "ReportWriteError"}
 
 
 def user_errors() -> Tuple[type, ...]:
@@ -69,7 +70,8 @@ class Parser(argparse.ArgumentParser):
 
     def add_checkpoint(self, help_extra: str = "") -> None:
         self.add_argument("checkpoint", type=Path,
-                          help=f"checkpoint file, or a run folder (its best checkpoint){help_extra}")
+                          help=f"checkpoint file, a run folder (its best checkpoint) or a released checkpoint's name "
+                               f"(docs/released_models.md){help_extra}")
 
     def add_device(self, precision: bool = True) -> None:
         self.add_argument("--device", default=None, help="torch device (default: cuda when available, else cpu)")

@@ -17,7 +17,6 @@ import time
 from pathlib import Path
 from typing import Callable, Dict, List, Optional, Tuple
 
-import numpy as np
 import torch
 from PIL import Image
 from tqdm import tqdm
@@ -25,7 +24,7 @@ from tqdm import tqdm
 from strhub.app.common import Parser, count, list_images, reported
 from strhub.data.transforms import get_transform
 from strhub.evaluation.explain import explain
-from strhub.evaluation.figures import attention_figure, save_png
+from strhub.evaluation.figures import attention_figure, input_pixels, save_png
 from strhub.host import default_device, reuse_freed_memory
 from strhub.models.checkpoint import load_model
 
@@ -52,11 +51,6 @@ def load_images(batch: List[Tuple[str, Path]],
         except Exception as err:  # any unreadable file is reported, and the rest are still drawn
             errors.append(f"{name}: error: {type(err).__name__}: {err}")
     return loaded, errors
-
-
-def input_pixels(tensor: torch.Tensor) -> np.ndarray:
-    """The model's input (3, H, W), normalised with mean = std = 0.5, as (H, W, 3) uint8."""
-    return (tensor.float().cpu() * 0.5 + 0.5).clamp(0, 1).mul(255).round().byte().permute(1, 2, 0).numpy()
 
 
 def main(argv: Optional[List[str]] = None) -> None:

@@ -17,7 +17,7 @@ from omegaconf import OmegaConf
 
 from strhub.app.common import Parser, reported
 from strhub.config import CONFIG_DIR
-from strhub.deploy.export import ExportError, check_export, check_opset, export_onnx
+from strhub.deploy.export import ExportError, check_opset, write_export
 from strhub.models.checkpoint import checkpoint_file, load_model
 
 
@@ -42,8 +42,8 @@ def main(argv: Optional[List[str]] = None) -> None:
         model = model.half()
     atol = defaults.fp16_atol if args.fp16 else defaults.atol
     try:
-        manifest = export_onnx(model, args.out, args.opset, atol, source=checkpoint.name)
-        results = check_export(model, args.out, defaults.check_batches, defaults.check_seed, atol, exact=not args.fp16)
+        manifest, results = write_export(model, args.out, args.opset, atol, defaults.check_batches, defaults.check_seed,
+                                         exact=not args.fp16, source=checkpoint.name)
     except ExportError as err:
         print(f"error: {err}", file=sys.stderr)
         sys.exit(1)

@@ -81,6 +81,15 @@ def check_job(config_name: str, overrides: Sequence[str]) -> None:
     """`check_overrides` for the overrides of one job (no sweeps)."""
     try:
         parsed = OverridesParser.create().parse_overrides(list(overrides))
+    except HydraException:
+        return
+    for override in parsed:  # Hydra fails on these with a traceback
+        group = CONFIG_DIR / override.key_or_group
+        if group.is_dir() and override.package is None and not isinstance(override.value(), (str, type(None))):
+            names = sorted(path.stem for path in group.glob("*.yaml"))
+            raise ConfigError(f"{override.input_line}: {override.key_or_group} is a config group: give one of its "
+                              f"names ({', '.join(names)})")
+    try:
         typed = {override.key_or_group: override.input_line for override in parsed}
         config, missing = compose_leaving_out_missing(config_name, typed)
     except HydraException:

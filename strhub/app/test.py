@@ -4,7 +4,8 @@
     python test.py outputs/vl4str-tiny/<run> --data_root data/zh --datasets synth --full_charset
     python test.py CHECKPOINT --union14m --ost --ltb --protocol parseq --groups my_groups.yaml
 
-A run folder instead of a file picks its best checkpoint by validation accuracy. The tables are test groups
+A run folder instead of a file picks its best checkpoint by validation accuracy; when the run logged to MLflow
+(train.py logger=mlflow), the reports go to its MLflow run too. The tables are test groups
 (configs/test_groups/*.yaml): the protocol's, then New with --new, then the groups asked for; missing test sets
 are named in a warning and skipped. Extra arguments of the form `name:type=value` (type int, float, str, bool, or
 list for a list of integers such as `block_ids:list=[1,3,5]`) override the model's hyper-parameters; a name the
@@ -19,6 +20,7 @@ from strhub.app.common import Parser, count, reported
 from strhub.evaluation.evaluate import evaluate_checkpoint
 from strhub.evaluation.groups import DEFAULT_PROTOCOL
 from strhub.host import reuse_freed_memory, worker_count
+from strhub.training.loggers import log_test_reports
 
 
 def main(argv: Optional[List[str]] = None) -> None:
@@ -52,6 +54,9 @@ def main(argv: Optional[List[str]] = None) -> None:
     parser.add_argument("--errors", type=Path, default=None, metavar="DIR",
                         help="write every sample to DIR/samples.csv and each benchmark's misread images to contact "
                              "sheets in DIR/<benchmark>/, most confident first")
+    parser.add_argument("--output", type=Path, default=None, metavar="DIR",
+                        help="write the reports (.md, .json, .csv) to DIR (default: beside the checkpoint, or the "
+                             "current directory where that folder cannot be written)")
     args, kwargs = parser.parse_with_model_args(sys.argv[1:] if argv is None else argv)
     if args.full_charset and (args.cased or args.punctuation):
         parser.error("--full_charset compares case and punctuation already; drop --cased and --punctuation")
@@ -64,6 +69,7 @@ def main(argv: Optional[List[str]] = None) -> None:
     reuse_freed_memory()
     with reported(parser.prog):
         evaluate_checkpoint(**options, model_kwargs=kwargs)
+        log_test_reports(args.checkpoint)
 
 
 if __name__ == "__main__":

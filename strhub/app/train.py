@@ -6,7 +6,8 @@
 Outputs go to a new folder outputs/<model>/<date>_<time>/ per run: checkpoints/ (best by val_accuracy, and
 last.ckpt, the latest state), TensorBoard and CSV logs, the resolved configuration of every start
 (config.yaml, then config_<N>.yaml) and, when training ends, curves.png. Resume with
-ckpt_path=<run>/checkpoints/last.ckpt.
+ckpt_path=<run>/checkpoints/last.ckpt. `logger=mlflow`, `logger=wandb`, `logger=[tensorboard,mlflow]`... also send the
+run to experiment trackers (configs/logger/, docs/tracking.md).
 """
 import logging
 import sys
@@ -19,13 +20,13 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate, to_absolute_path
 from omegaconf import DictConfig, OmegaConf, open_dict
 from pytorch_lightning.callbacks import LearningRateMonitor, ModelCheckpoint, ModelSummary
-from pytorch_lightning.loggers import CSVLogger, TensorBoardLogger
 from pytorch_lightning.strategies import Strategy
 from pytorch_lightning.utilities import rank_zero_only
 
 from strhub.app.common import user_errors
 from strhub.app.overrides import check_command_line, check_sections
 from strhub.config import CONFIG_DIR, register_resolvers
+from strhub.data.dataset import check_label_settings
 from strhub.evaluation.evaluate import evaluate_checkpoint
 from strhub.host import reuse_freed_memory
 from strhub.models.registry import Family, without_weight_files
@@ -39,6 +40,7 @@ from strhub.training.callbacks import (
     check_resume_checkpoint,
     remove_partial_files,
 )
+from strhub.training.loggers import log_outputs, run_loggers
 from strhub.training.planner import training_plan_line
 from strhub.training.run import (
     ProgressLog,
@@ -52,11 +54,12 @@ from strhub.training.run import (
     scale_steps,
     world_size,
 )
-from strhub.training.strategies import check_strategy, training_strategy
+from strhub.training.strategies import check_strategy, mark_other_nodes, training_strategy
 
 log = logging.getLogger(__name__)
 
 
+mark_other_nodes()
 register_resolvers()
 if not OmegaConf.has_resolver("run_folder"):
     OmegaConf.register_new_resolver("run_folder", run_folder)
@@ -81,8 +84,8 @@ def main(config: DictConfig) -> None:
     try:
         train(config, cleanup)
     except Exception as err:
-        log.error("%s: %s", type(err).__name__, err)
         cleanup.clean()
+        log.error("%s: %s", type(err).__name__, err)  # the last line, below the cleanup's
         if isinstance(err, user_errors()):
             sys.exit(1)
         raise
@@ -107,6 +110,8 @@ def train(config: DictConfig, cleanup: StartCleanup) -> None:
 
     resolved = OmegaConf.to_container(config, resolve=True)
     check_sections(resolved)
+    check_label_settings(resolved["data"]["charset_train"], resolved["data"]["remove_whitespace"],
+                         resolved["data"]["normalize_unicode"])
     starts_fresh = config.pretrained is None and config.ckpt_path is None
     notice = random_clip_notice(resolved["model"]) if starts_fresh else None
     if notice is not None:
@@ -128,18 +133,19 @@ def train(config: DictConfig, cleanup: StartCleanup) -> None:
     model = build_model(config)
     strategy: Union[str, Strategy] = training_strategy(config.trainer.strategy, config.trainer.accelerator, processes,
                                                        model)
+    notes = {}
     if rank_zero_only.rank == 0:
-        log.info(training_plan_line(resolved["model"], config.trainer, processes))
+        notes["memory_plan"] = training_plan_line(resolved["model"], config.trainer, processes)
+        log.info(notes["memory_plan"])
     datamodule = instantiate(config.data)
     best = ModelCheckpoint(dirpath=run_dir / "checkpoints", monitor="val_accuracy", mode="max", save_top_k=1,
                            filename="{epoch}-{step}-{val_accuracy:.4f}-{val_NED:.4f}", save_on_train_epoch_end=False)
     latest = LatestCheckpoint(run_dir / "checkpoints", config.last_ckpt_every_n_steps)
     callbacks = [best, latest, NonFiniteGuard(config.max_nonfinite_steps), ScheduleGuard(),
                  LearningRateMonitor(logging_interval="step"), ModelSummary(max_depth=2), ProgressLog(), cleanup]
-    csv_logger = CSVLogger(run_dir, name="csv")
-    loggers = [TensorBoardLogger(run_dir, name="", version=""), csv_logger]
-    save_config(config, run_dir, csv_logger.version, " ".join(["python train.py", *HydraConfig.get().overrides.task]))
-    trainer: pl.Trainer = instantiate(config.trainer, strategy=strategy, logger=loggers, callbacks=callbacks,
+    tracking = run_loggers(resolved["logger"], run_dir, resolved, notes)
+    save_config(config, run_dir, tracking.start, " ".join(["python train.py", *HydraConfig.get().overrides.task]))
+    trainer: pl.Trainer = instantiate(config.trainer, strategy=strategy, logger=tracking.loggers, callbacks=callbacks,
                                       plugins=[AtomicCheckpointIO()], default_root_dir=run_dir)
     trainer.fit(model, datamodule=datamodule, ckpt_path=config.ckpt_path)
 
@@ -154,6 +160,7 @@ def train(config: DictConfig, cleanup: StartCleanup) -> None:
             evaluate_checkpoint(Path(best_path), Path(config.data.root_dir), new=True,
                                 full_charset=config.test_full_charset,
                                 device=str(trainer.strategy.root_device))
+        log_outputs(tracking.loggers, run_dir, Path(best_path) if best_path else None)
 
 
 def cli() -> None:

@@ -15,6 +15,7 @@ from torch.utils.data import ConcatDataset, Dataset, default_collate
 from tqdm import tqdm
 
 from strhub.data.transforms import to_rgb
+from strhub.keys import ConfigError
 from strhub.tokenizer import CharsetAdapter
 
 FILTER_REASONS = ("too_long", "empty", "too_small", "unreadable")
@@ -51,11 +52,18 @@ def read_num_samples(txn: lmdb.Transaction, root: Union[str, Path]) -> int:
     if value is None:
         raise KeyError(f"{root}: key 'num-samples' is missing; not an STR LMDB "
                        "(expected num-samples, image-%09d, label-%09d)")
-    return int(value)
+    try:
+        count = int(value)
+    except ValueError:
+        count = -1
+    if count < 0:
+        raise ValueError(f"{root}: num-samples is {value[:20]!r}, not a record count")
+    return count
 
 
 def read_label(txn: lmdb.Transaction, root: Union[str, Path], index: int, total: int) -> str:
-    """The label of record `index`, with an error naming the LMDB and key when it is missing or not UTF-8."""
+    """The label of record `index`, with an error naming the LMDB and key when it is missing (KeyError) or not
+    UTF-8 (ValueError)."""
     key = f"label-{index:09d}"
     raw = txn.get(key.encode())
     if raw is None:
@@ -86,8 +94,8 @@ def normalize_label(label: str, remove_whitespace: bool, normalize_unicode: bool
 
 
 def check_label_settings(charset: str, remove_whitespace: bool, normalize_unicode: bool) -> None:
-    """Raises ValueError when the label normalisation removes characters of the training charset from
-    every label: non-ASCII ones under NFKD-to-ASCII, whitespace when whitespace is removed."""
+    """Raises ConfigError, naming the keys, when the label normalisation removes characters of the training charset
+    from every label: non-ASCII ones under NFKD-to-ASCII, whitespace when whitespace is removed."""
     problems = []
     non_ascii = [char for char in charset if not char.isascii()]
     if normalize_unicode and non_ascii:
@@ -99,7 +107,7 @@ def check_label_settings(charset: str, remove_whitespace: bool, normalize_unicod
         problems.append(f"it holds whitespace ({''.join(spaces)!r}), which remove_whitespace=true deletes from every "
                         "label: set data.remove_whitespace=false to keep it")
     if problems:
-        raise ValueError("the training charset cannot occur in the labels: " + "; ".join(problems))
+        raise ConfigError("the training charset cannot occur in the labels: " + "; ".join(problems))
 
 
 class LmdbDataset(Dataset):
@@ -139,7 +147,13 @@ class LmdbDataset(Dataset):
     def _filter(self, txn: lmdb.Transaction, adapter: CharsetAdapter, max_label_length: int, min_image_dim: int,
                 remove_whitespace: bool, normalize_unicode: bool) -> None:
         for index in range(1, self.total + 1):
-            label = normalize_label(read_label(txn, self.root, index, self.total), remove_whitespace, normalize_unicode)
+            try:
+                label = normalize_label(read_label(txn, self.root, index, self.total), remove_whitespace,
+                                        normalize_unicode)
+            except (KeyError, ValueError) as err:  # a missing or undecodable label: this record only
+                warnings.warn(f"{err.args[0]}; record skipped")
+                self.filtered["unreadable"] += 1
+                continue
             if len(label) > max_label_length:
                 self.filtered["too_long"] += 1
                 continue

@@ -8,10 +8,11 @@ A tracer keeps Python values as constants, so the traced code reads batch sizes 
 and every export is checked at two batch sizes before it is called done.
 """
 import json
+import re
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import torch
 from torch import Tensor, nn
@@ -20,6 +21,7 @@ from tqdm import tqdm
 from strhub.data.transforms import get_transform
 from strhub.deploy.graphs import CaptionGraph, EncoderGraph, ParallelGraph, RefineGraph, StepGraph, decoders, kv_names
 from strhub.deploy.runtime import FORMAT, FORMAT_VERSION, MANIFEST, OnnxReader
+from strhub.host import atomic_directory
 from strhub.models.clip4str.model import CLIP4STR
 from strhub.models.recognizer import Recognizer
 from strhub.models.registry import FAMILIES
@@ -28,6 +30,7 @@ from strhub.models.towers import CLIPTextTower
 MIN_OPSET = 14  # scaled_dot_product_attention
 MAX_OPSET = 20  # the TorchScript exporter's newest
 BATCH, LENGTH = "batch", "length"
+EXPORT_FILE = re.compile(r".+\.onnx(\.data)?|model\.json")  # what a previous export may hold, to be replaced
 
 
 class ExportError(ValueError):
@@ -226,3 +229,21 @@ def check_export(model: Recognizer, out: Path, batches: Sequence[int], seed: int
             raise ExportError(f"{out}: at batch {batch} ONNX Runtime reads {strings[0]} and PyTorch {strings[1]}")
         results.append(result)
     return results
+
+
+def write_export(model: Recognizer, out: Path, opset: int, atol: float, batches: Sequence[int], seed: int,
+                 exact: bool = True, source: Optional[str] = None) -> Tuple[Dict[str, Any], List[CheckResult]]:
+    """`export_onnx` then `check_export`, in a hidden folder beside `out` that takes `out`'s place only when checked:
+    a failed export leaves nothing under `out` and a previous export there whole. `out` must be new, empty or a
+    previous export (graphs and model.json only): nothing else is ever replaced."""
+    if out.exists() and (not out.is_dir() or any(item.is_dir() or not EXPORT_FILE.fullmatch(item.name)
+                                                 for item in out.iterdir())):
+        raise ExportError(f"--out {out} holds other files than a previous export's graphs and model.json: "
+                          f"choose a new or empty folder")
+    try:
+        with atomic_directory(out, overwrite=True) as partial:
+            manifest = export_onnx(model, partial, opset, atol, source)
+            results = check_export(model, partial, batches, seed, atol, exact)
+    except ExportError as err:
+        raise ExportError(str(err).replace(str(partial), str(out))) from None
+    return manifest, results

@@ -6,14 +6,11 @@ Two protocols: the original's (labels folded to ASCII, words compared on lowerca
 optionally with case and punctuation), and the full-charset one for any script (labels as written in
 NFC, compared on every character of the model's charset, optionally ignoring case). Both compute
 1 - NED on code points."""
-import csv
 import functools
-import hashlib
-import json
 import logging
 import string
 import time
-from dataclasses import asdict, dataclass, fields, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence
 
@@ -25,10 +22,15 @@ from strhub.data.dataset import LmdbDataset
 from strhub.data.module import SceneTextDataModule
 from strhub.evaluation.failures import SampleLog
 from strhub.evaluation.groups import DEFAULT_PROTOCOL, BenchmarkGroup, label_lengths, select_groups
+from strhub.evaluation.reports import report_name, write_reports
 from strhub.host import autocast_context, default_device, worker_count
 from strhub.models.checkpoint import read_checkpoint
 
 log = logging.getLogger(__name__)
+
+
+class EvaluationError(ValueError):
+    """An evaluation that cannot be made with these settings and data; the message says which."""
 
 
 @dataclass
@@ -172,30 +174,13 @@ def protocol_charset(charset_train: str, cased: bool, punctuation: bool, full_ch
     training charset (an override, or else the checkpoint's), folded to lower case when `ignore_case`."""
     if not full_charset:
         if ignore_case:
-            raise ValueError("ignore_case applies to the full-charset protocol; the default one ignores case already")
+            raise EvaluationError("ignore_case applies to the full-charset protocol; the default one ignores case "
+                                  "already")
         return evaluation_charset(cased, punctuation)
     if cased or punctuation:
-        raise ValueError("cased and punctuation extend the 36-character protocol; full_charset compares every "
-                         "character of the model's charset already")
+        raise EvaluationError("cased and punctuation extend the 36-character protocol; full_charset compares every "
+                              "character of the model's charset already")
     return caseless_charset(charset_train) if ignore_case else charset_train
-
-
-def report_stem(checkpoint: Path, selection: str, settings: Dict[str, object]) -> str:
-    """The report files' path without suffix: the checkpoint's, the selection of groups and a digest of the
-    settings the numbers depend on."""
-    digest = hashlib.sha1(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:8]
-    return f"{checkpoint}.log_{selection}.{digest}"
-
-
-def write_csv(path: Path, results: Dict[str, Result], lengths: Dict[str, int], context: Dict[str, object]) -> None:
-    """One row per dataset: the `context` columns (checkpoint, settings), the dataset's metrics and its length
-    filter; rows of several checkpoints' files concatenate into one table."""
-    columns = [*context, *(f.name for f in fields(Result)), "max_label_length"]
-    with open(path, "w", newline="", encoding="utf-8") as file:
-        writer = csv.DictWriter(file, columns)
-        writer.writeheader()
-        for name, result in sorted(results.items()):
-            writer.writerow({**context, **asdict(result), "max_label_length": lengths[name]})
 
 
 def evaluate_checkpoint(checkpoint: Path, data_root: Path, batch_size: int = 512, num_workers: Optional[int] = None,
@@ -203,17 +188,19 @@ def evaluate_checkpoint(checkpoint: Path, data_root: Path, batch_size: int = 512
                         ignore_case: bool = False, new: bool = False, rotation: int = 0, openai_meanstd: bool = False,
                         device: Optional[str] = None, precision: str = "32", model_kwargs: Optional[dict] = None,
                         datasets: Sequence[str] = (), protocol: str = DEFAULT_PROTOCOL,
-                        groups: Sequence[str] = (), errors: Optional[Path] = None) -> str:
+                        groups: Sequence[str] = (), errors: Optional[Path] = None,
+                        output: Optional[Path] = None) -> str:
     """Evaluates a checkpoint (a file, or a run folder whose best checkpoint is taken) on the test sets under
-    `data_root/test` of the protocol's groups, `new`'s and the extra `groups` (names in configs/test_groups or
-    YAML files; see strhub.evaluation.groups), or on the named `datasets` there as one `Test` group. Prints the report
-    and writes it beside the checkpoint as `<checkpoint>.log_<selection>.<settings>.md`, `.json` and `.csv` (one
-    row per dataset); the default selection is named `new<new>`, and `<settings>` is a digest of what the numbers
-    depend on (data root, test sets, charset, label settings, transforms, batch size, precision, model overrides),
-    so that different evaluations never overwrite each other. Images are normalised with mean = std = 0.5 as in
-    the original's test protocol, or with CLIP's mean/std when `openai_meanstd`. `num_workers` data-loading
-    processes (default: 4, or the usable CPUs if fewer). With `errors`, every sample goes to `errors/samples.csv`
-    and each benchmark's misread images to contact sheets in `errors/<benchmark>/`.
+    `data_root/test` of the protocol's groups, `new`'s and the extra `groups` (names in configs/test_groups or YAML
+    files; see strhub.evaluation.groups), or on the named `datasets` there as one `Test` group. Prints the report,
+    then writes it into `output`, or else beside the checkpoint (into the current directory where that folder cannot
+    be written: see strhub.evaluation.reports), as `<checkpoint>.log_<selection>.<settings>.md`, `.json` and `.csv`
+    (one row per dataset); the default selection is named `new<new>`, and `<settings>` is a digest of what the
+    numbers depend on (data root, test sets, charset, label settings, transforms, batch size, precision, model
+    overrides), so that different evaluations never overwrite each other. Images are normalised with mean = std =
+    0.5 as in the original's test protocol, or with CLIP's mean/std when `openai_meanstd`. `num_workers`
+    data-loading processes (default: 4, or the usable CPUs if fewer). With `errors`, every sample goes to
+    `errors/samples.csv` and each benchmark's misread images to contact sheets in `errors/<benchmark>/`.
 
     With `full_charset`, labels are kept as written (NFC; whitespace too when the model's charset holds
     it) and compared on the model's whole training charset, which also filters the cross-modal
@@ -256,15 +243,16 @@ def evaluate_checkpoint(checkpoint: Path, data_root: Path, batch_size: int = 512
         torch.cuda.synchronize(device)
     seconds = time.perf_counter() - start
     if not results:
-        raise ValueError(f"no benchmark under {data_root / 'test'} has a sample left after label filtering")
+        raise EvaluationError(f"no benchmark under {data_root / 'test'} has a sample left after label filtering (the "
+                              f"test charset is {len(hp.charset_test)} characters, labels up to "
+                              f"{max(lengths.values())} long)")
 
     report = format_report(results, test_groups, seconds)
     settings = {"data_root": str(data_root.resolve()), "datasets": sorted(results), "charset_test": hp.charset_test,
                 "normalize_unicode": not full_charset, "remove_whitespace": remove_whitespace,
                 "rotation": rotation, "openai_meanstd": openai_meanstd, "batch_size": batch_size,
                 "precision": precision, "model_kwargs": model_kwargs or {}}
-    stem = report_stem(checkpoint, selection, settings)
-    Path(f"{stem}.md").write_text(report, encoding="utf-8")
+    print(report, end="")
     samples = sum(r.num_samples for r in results.values())
     evaluated = [group for group in test_groups if any(n in results for n in group.folders)]
     summary = {
@@ -280,10 +268,9 @@ def evaluate_checkpoint(checkpoint: Path, data_root: Path, batch_size: int = 512
         "time": {"total_s": seconds, "average_ms": 1000 * seconds / samples, "samples": samples,
                  "images_per_s": samples / seconds},
     }
-    Path(f"{stem}.json").write_text(json.dumps(summary, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-    write_csv(Path(f"{stem}.csv"), results, lengths,
-              {"checkpoint": str(checkpoint), "selection": selection, **settings, "device": str(device)})
-    print(report, end="")
+    stem = write_reports(report_name(checkpoint, selection, settings), checkpoint, output, report, summary, results,
+                         lengths, {"checkpoint": str(checkpoint), "selection": selection, **settings,
+                                   "device": str(device)})
     log.info("Report written to %s.md, .json and .csv", stem)
     if sample_log is not None:
         written = sample_log.write(errors)

@@ -198,6 +198,11 @@ def _pass_section(canvas: Canvas, layout: _AttentionLayout, top: int, gray: np.n
                          text if maps.layout.text else None)
 
 
+def input_pixels(tensor: Tensor) -> np.ndarray:
+    """The model's input (3, H, W), normalised with mean = std = 0.5, as (H, W, 3) uint8."""
+    return (tensor.float().cpu() * 0.5 + 0.5).clamp(0, 1).mul(255).round().byte().permute(1, 2, 0).numpy()
+
+
 def attention_figure(image: np.ndarray, explanation: Explanation,
                      passes: Optional[Sequence[PassMaps]] = None) -> Figure:
     """An image's figure: the input (H, W, 3) uint8 as the model reads it, its reading with per-character

@@ -20,6 +20,7 @@ from torch import Tensor, nn
 
 from strhub.config import experiments, model_config
 from strhub.host import return_freed_memory
+from strhub.hub import resolve_checkpoint
 from strhub.keys import check_keys
 from strhub.models.registry import Family, plain_state_dict, without_weight_files
 from strhub.models.safe_load import InvalidCheckpointError, safe_load
@@ -33,8 +34,9 @@ _VAL_ACCURACY = re.compile(r"val_accuracy=(\d+(?:\.\d+)?)")
 
 
 def checkpoint_file(path: Union[str, Path]) -> Path:
-    """The checkpoint a path names: a file as it is, a run folder's best checkpoint (see `best_checkpoint`)."""
-    path = Path(path)
+    """The checkpoint a path names: a file as it is, a run folder's best checkpoint (see `best_checkpoint`), or a
+    released checkpoint's name, its cached file (downloaded and checked the first time, see `strhub.hub`)."""
+    path = resolve_checkpoint(path)
     if path.is_dir():
         return best_checkpoint(path)
     if not path.is_file():
@@ -183,10 +185,15 @@ def read_checkpoint(path: Union[str, Path], overrides: Optional[Mapping[str, Any
         config.update(hparams)
     else:
         config.update(registered_settings(family, state_dict, path, overrides))
-    config = merge_settings(config, family.settings_from_state_dict(state_dict, overrides.get("img_size",
-                                                                                             config.get("img_size"))))
+    try:  # the architecture is read off tensors that a damaged checkpoint may lack
+        config = merge_settings(config, family.settings_from_state_dict(state_dict, overrides.get(
+            "img_size", config.get("img_size"))))
+        head = "head.weight" if "head.weight" in state_dict else "visual_decoder.head.weight"
+        num_classes = state_dict[head].shape[0]
+    except KeyError as err:
+        raise InvalidCheckpointError(f"{path} lacks the tensor {err.args[0]!r} of a {family.name} model: the file is "
+                                     f"damaged or not a {family.name} checkpoint") from None
     config.update(overrides)
-    num_classes = state_dict["head.weight" if "head.weight" in state_dict else "visual_decoder.head.weight"].shape[0]
     if len(config["charset_train"]) != num_classes - 1:
         raise InvalidCheckpointError(
             f"{path} predicts {num_classes - 1} characters but charset_train has {len(config['charset_train'])}; "

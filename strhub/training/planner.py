@@ -20,8 +20,8 @@ from strhub.training.profile import DECODER, ENCODER, Activations, compute_dtype
 # Lightning's precision names (and their short forms) -> the unified name.
 PRECISIONS = {"32": "32-true", "32-true": "32-true", "16": "16-mixed", "16-mixed": "16-mixed", "bf16": "bf16-mixed",
               "bf16-mixed": "bf16-mixed", "16-true": "16-true", "bf16-true": "bf16-true"}
-# Lightning's strategy names -> how the planner shares the state out: replicated, sharded (FSDP), ZeRO-2.
-STRATEGIES = {"auto": "ddp", "ddp": "ddp", "ddp_spawn": "ddp", "fsdp": "fsdp", "deepspeed_stage_2": "deepspeed_stage_2"}
+# The strategy names training accepts -> how the planner shares the state out: replicated, or sharded (FSDP).
+STRATEGIES = {"auto": "ddp", "ddp": "ddp", "ddp_spawn": "ddp", "fsdp": "fsdp"}
 
 
 def unified_precision(precision: Any) -> str:
@@ -111,8 +111,7 @@ def step_memory(sizes: ModelSizes, activations: Activations, plan: TrainingPlan)
     """The memory per GPU of a training step of a model of `sizes` whose forward saved `activations` (at the plan's
     batch size and precision). Parameters, gradients and AdamW's two moments are stored in 32 bits (in 16 bits at a
     `-true` precision); DDP gives every GPU all of them, FSDP (full sharding) a 1 / world-size shard of each plus
-    what it gathers, DeepSpeed ZeRO-2 all parameters (in the compute dtype) and shards of the rest (with a 32-bit
-    master copy of the parameters when they are 16-bit). A single process frees the gradients at every `zero_grad`."""
+    what it gathers. A single process frees the gradients at every `zero_grad`."""
     compute = compute_dtype(plan.precision).itemsize
     stored = compute if plan.precision.endswith("-true") else 4
     world = plan.world_size
@@ -123,10 +122,6 @@ def step_memory(sizes: ModelSizes, activations: Activations, plan: TrainingPlan)
         gathered = (2 * sizes.root + 3 * sizes.largest_block) * compute
         return StepMemory(sizes.total * 4 // world, sizes.trainable * 4 // world, 2 * sizes.trainable * 4 // world,
                           kept, gathered)
-    if plan.strategy == "deepspeed_stage_2":
-        master = 4 if compute < 4 else 0
-        return StepMemory(sizes.total * compute, sizes.trainable * compute // world,
-                          sizes.trainable * (master + 8) // world, activations.kept(checkpointed, copies=False))
     return StepMemory(sizes.total * stored, sizes.trainable * stored, 2 * sizes.trainable * stored,
                       activations.kept(checkpointed), gradients_held=world > 1)
 

@@ -5,15 +5,17 @@
   block (`Recognizer.blocks()`, the units the models call as modules) is sharded on its own, the rest (decoders,
   embeddings, projections) forms the root unit. Checkpoints hold the full state dict, gathered on rank 0, so they load
   like any other. Lightning runs FSDP on CUDA GPUs only.
-- `deepspeed_stage_2` (and Lightning's other DeepSpeed names): where the deepspeed package is installed.
-  Its checkpoints are folders; see docs/training.md for the command that turns one into a file.
+- `deepspeed_stage_2` (and Lightning's other DeepSpeed names) are refused: DeepSpeed writes its checkpoints as
+  folders, past the atomic writer and the non-finite guard, and such a folder cannot be resumed; it cannot run on
+  CPUs either, so it could not be tested to keep those promises. FSDP shards the same state and keeps them.
 - Any other name goes to Lightning as it is.
 """
-import importlib.util
-from typing import Union
+import os
+from typing import Mapping, Union
 
 import torch
 from pytorch_lightning.strategies import DDPStrategy, FSDPStrategy, Strategy
+from pytorch_lightning.utilities import rank_zero_only
 from torch.distributed.fsdp.wrap import ModuleWrapPolicy
 
 from strhub.keys import ConfigError
@@ -25,9 +27,10 @@ def check_strategy(name: str, accelerator: str) -> None:
     if name == "fsdp" and (accelerator == "cpu" or (accelerator == "auto" and not torch.cuda.is_available())):
         raise ConfigError("trainer.strategy=fsdp needs CUDA GPUs: Lightning runs FSDP on GPUs only (on CPUs, train "
                           "with trainer.strategy=ddp)")
-    if name.startswith("deepspeed") and importlib.util.find_spec("deepspeed") is None:
-        raise ConfigError(f"trainer.strategy={name} needs the deepspeed package, which is not installed "
-                          f"(pip install deepspeed, on a machine with CUDA)")
+    if name.startswith("deepspeed"):
+        raise ConfigError(f"trainer.strategy={name} is not supported: DeepSpeed writes checkpoints as folders, past "
+                          f"the atomic writer and the non-finite guard, that cannot be resumed; shard with "
+                          f"trainer.strategy=fsdp (CUDA GPUs) or train with trainer.strategy=ddp")
 
 
 def block_wrap_policy(system: PLMSystem) -> ModuleWrapPolicy:
@@ -44,3 +47,13 @@ def training_strategy(name: str, accelerator: str, processes: int, system: PLMSy
     if name == "fsdp":
         return FSDPStrategy(auto_wrap_policy=block_wrap_policy(system), state_dict_type="full")
     return name
+
+
+def mark_other_nodes(environ: Mapping[str, str] = os.environ) -> None:
+    """Lightning takes a process's rank at import from RANK, LOCAL_RANK, SLURM_PROCID or JSM_NAMESPACE_RANK, so a node
+    started with NODE_RANK > 0 alone (a hand-made launch: README, "Training on several machines") would count as rank
+    0, claiming the run folder and writing its files, until the Trainer numbers it. Such a process is given the rank
+    NODE_RANK until then: not its final number, but not 0, which is all `rank_zero_only` asks."""
+    node = int(environ.get("NODE_RANK") or 0)
+    if rank_zero_only.rank == 0 and node > 0:
+        rank_zero_only.rank = node
