@@ -17,7 +17,7 @@ from strhub.tokenizer import CHARSET_36, CHARSET_94, load_charset
 from strhub.tools import build_charset, create_lmdb, inspect_lmdb, render_words
 
 REPO = Path(__file__).resolve().parents[1]
-IMAGES = REPO.parent / "shared" / "data" / "real" / "images"
+TEST_IMAGES = REPO / "misc" / "test_images"  # ten real word images and their labels.tsv
 
 
 @pytest.mark.parametrize("tool", ["create_lmdb", "inspect_lmdb", "render_words", "build_charset", "filter_lmdb",
@@ -37,7 +37,7 @@ def test_a_tool_runs_in_a_fresh_interpreter():
 
 
 def test_folder_to_lmdb_to_dataset_round_trip(tmp_path, capsys):
-    folder = IMAGES / "parseq_demo_images"
+    folder = TEST_IMAGES
     entries = [line.split("\t") for line in (folder / "labels.tsv").read_text().splitlines()]
     create_lmdb.main([str(folder), str(folder / "labels.tsv"), str(tmp_path / "db")])
     assert f"wrote {len(entries)} of {len(entries)} records" in capsys.readouterr().out
@@ -50,7 +50,7 @@ def test_folder_to_lmdb_to_dataset_round_trip(tmp_path, capsys):
 
 def test_broken_and_missing_images_are_skipped_and_counted(tmp_path, capsys):
     folder = tmp_path / "images"
-    shutil.copytree(IMAGES / "mmocr_rec_toy", folder)
+    shutil.copytree(TEST_IMAGES, folder)
     names = sorted(p.name for p in folder.glob("*.jpg"))
     (folder / names[0]).write_bytes(b"\xff\xd8 not really a jpeg")
     labels = folder / "labels.tsv"
@@ -80,7 +80,7 @@ def test_existing_lmdb_is_not_overwritten_silently(tmp_path):
 
 
 def test_inspect_reports_counts_histogram_coverage_and_unreadable(tmp_path, capsys):
-    good = (IMAGES / "parseq_demo_images" / "cute-184.jpg").read_bytes()
+    good = (TEST_IMAGES / "cute-184.jpg").read_bytes()
     records = [(good, "SALMON"), (b"broken", "Café"), (good, "a" * 30), (good, "#!")]
     create_lmdb.write_lmdb(tmp_path / "set" / "db", records)
     inspect_lmdb.main([str(tmp_path / "set"), "--charset", "36", "--samples", "2"])
@@ -102,9 +102,13 @@ def renderer(**overrides) -> render_words.WordRenderer:
     return render_words.WordRenderer(**{**settings, **overrides})
 
 
-def test_installed_fonts_are_found():
+def test_strhubs_own_fonts_are_found_with_their_licences():
     fonts = render_words.find_fonts()
-    assert fonts and fonts == sorted(fonts), "install fonts: apt-get install " + render_words.FONT_PACKAGES
+    own = sorted(render_words.PACKAGED_FONTS.glob("*.ttf"))
+    assert [f.name for f in own] == ["DejaVuSans.ttf", "Lohit-Devanagari.ttf", "wqy-microhei-subset.ttf"]
+    assert set(own) <= set(fonts) and fonts == sorted(fonts)
+    licences = [path.read_text(encoding="utf-8") for path in render_words.PACKAGED_FONTS.glob("LICENSE-*.txt")]
+    assert all(sum(font.name in text for text in licences) == 1 for font in own)
 
 
 def test_generator_writes_the_data_module_layout(tmp_path):
@@ -138,8 +142,8 @@ def test_generator_respects_a_small_charset_and_fixed_size(tmp_path):
 
 
 def test_fonts_without_the_glyphs_are_not_used():
-    fonts = render_words.find_fonts()
-    coverage = render_words.glyph_coverage(fonts[0], "ab\U0001F600")  # no installed font draws this emoji
+    font = render_words.PACKAGED_FONTS / "wqy-microhei-subset.ttf"  # ASCII and Han, no emoji (DejaVu Sans has some)
+    coverage = render_words.glyph_coverage(font, "ab\U0001F600")
     assert coverage == frozenset("ab")
 
 

@@ -1,4 +1,4 @@
-"""Render synthetic word images with the fonts installed on this machine and write train/val/test LMDBs.
+"""Render synthetic word images with strhub's own fonts and the machine's, and write train/val/test LMDBs.
 
 Texts are dictionary words (a built-in English list or --words, in any script), numbers and random strings
 over the charset; each image varies font, size, colours, background, outline, rotation, perspective, blur,
@@ -32,7 +32,8 @@ from strhub.tools.common import HelpFormatter, add_charset_arguments, charset_fr
 from strhub.tools.create_lmdb import write_lmdb
 from strhub.tools.geometry import perspective_coefficients
 
-FONT_DIRS = ("/usr/share/fonts", "/usr/local/share/fonts", "~/.local/share/fonts", "~/.fonts")
+PACKAGED_FONTS = Path(__file__).with_name("fonts")  # Latin, Greek, Cyrillic, Arabic, Devanagari, common Han: README.md
+FONT_DIRS = (str(PACKAGED_FONTS), "/usr/share/fonts", "/usr/local/share/fonts", "~/.local/share/fonts", "~/.fonts")
 FONT_SUFFIXES = (".ttf", ".otf", ".ttc")
 FONT_PACKAGES = "fonts-dejavu-core fonts-liberation2 fonts-freefont-ttf"
 SCRIPT_FONT_PACKAGES = "fonts-wqy-microhei for CJK, fonts-lohit-deva for Devanagari, fonts-noto-core for most others"
@@ -70,7 +71,7 @@ television video photo camera studio design build repair motor auto garage tire 
 
 
 def find_fonts(paths: Sequence[str] = ()) -> List[Path]:
-    """Font files (.ttf, .otf, .ttc) in the given files/folders, or in the system font folders, sorted."""
+    """Font files (.ttf, .otf, .ttc) in the given files/folders, else in strhub's and the system's font folders."""
     found = set()
     for path in map(lambda p: Path(p).expanduser(), paths or FONT_DIRS):
         if path.is_file() and path.suffix.lower() in FONT_SUFFIXES:
