@@ -2,7 +2,7 @@
 import unicodedata
 from typing import Dict, List
 
-from strhub.tools import render_words
+from strhub.tools import typefaces
 
 SCRIPT_WORDS: Dict[str, List[str]] = {
     "Han": "中国 北京 上海 银行 医院 学校 出口 饭店 超市 地铁".split(),
@@ -37,4 +37,4 @@ def script_of(char: str) -> str:
 
 def script_fonts() -> List[str]:
     """The font files of FONTS, from the fonts that come with strhub (not the machine's, which vary)."""
-    return [str(render_words.PACKAGED_FONTS / name) for name in FONTS]
+    return [str(typefaces.PACKAGED_FONTS / name) for name in FONTS]
