@@ -13,9 +13,13 @@ setup(
     if Path(__file__).with_name("README.md").exists() else "",
     long_description_content_type="text/markdown",
     license="Apache-2.0",
-    python_requires=">=3.9",
-    packages=find_packages(include=["strhub", "strhub.*"]),
-    package_data={"strhub.hub": ["released.yaml"]},
+    python_requires=">=3.11,<3.12",  # the versions the tests ran on (docs/tests.md, Python versions)
+    # configs/ stays at the top of the source tree, where users edit it; a wheel carries it as strhub/configs
+    # (strhub.config finds either), with render_words' own fonts and their licences.
+    packages=find_packages(include=["strhub", "strhub.*"]) + ["strhub.configs"],
+    package_dir={"strhub.configs": "configs"},
+    package_data={"strhub.configs": ["*.yaml", "*/*.yaml"], "strhub.tools": ["fonts/*"],
+                  "strhub.hub": ["released.yaml"]},
     install_requires=requirements,
     # onnx writes the graphs of export.py, onnxruntime runs them (onnxruntime-gpu instead for CUDA);
     # multilingual: a Hugging Face text tower for CLIP4STR's cross-modal branch (model.text_tower);

@@ -1,13 +1,16 @@
 """The machine a run is on: its CPUs and devices, the inference precision, the C library's memory handling, memory
-readings, and the one timer of the project. Imports torch, nothing of Lightning or of strhub above it."""
+readings, the one timer of the project, and folders written whole or not at all. Imports torch, nothing of
+Lightning or of strhub above it."""
 import contextlib
 import ctypes
 import gc
 import os
+import shutil
 import sys
+import tempfile
 import time
 from pathlib import Path
-from typing import Any, Callable, List, Optional, Union
+from typing import Any, Callable, Iterator, List, Optional, Union
 
 import torch
 
@@ -186,3 +189,27 @@ def timed(fn: Callable[[], Any], device: Union[str, torch.device], warmup: int =
         synchronize(device)
         times.append(time.perf_counter() - start)
     return times
+
+
+@contextlib.contextmanager
+def atomic_directory(output: Path, overwrite: bool = False) -> Iterator[Path]:
+    """A fresh hidden directory beside `output` to fill; when the block ends without an error it takes
+    `output`'s place (a previous `output` is removed only then, and only with `overwrite`), otherwise it is
+    deleted. A crash therefore never leaves a partial result under the final name."""
+    output = Path(output)
+    if output.exists() and not overwrite and (not output.is_dir() or any(output.iterdir())):
+        raise FileExistsError(f"{output} exists; remove it or pass overwrite")
+    output.parent.mkdir(parents=True, exist_ok=True)
+    partial = Path(tempfile.mkdtemp(prefix=f".{output.name}.", suffix=".partial", dir=output.parent))
+    try:
+        yield partial
+        if output.exists():
+            old = Path(tempfile.mkdtemp(prefix=f".{output.name}.", suffix=".old", dir=output.parent))
+            output.rename(old / output.name)
+            partial.rename(output)
+            shutil.rmtree(old)
+        else:
+            partial.rename(output)
+    except BaseException:
+        shutil.rmtree(partial, ignore_errors=True)
+        raise

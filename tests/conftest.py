@@ -9,7 +9,7 @@ from strhub.config import model_config
 from strhub.models.clip4str.system import CLIP4STRSystem
 from strhub.models.utils import create_model
 from strhub.tools import render_words
-from strhub.tools.create_lmdb import write_lmdb
+from strhub.tools.create_lmdb import folder_records, write_lmdb
 
 # One torch thread in the test process and in the commands the tests start, unless OMP_NUM_THREADS says
 # otherwise: on a busy machine, every parallel region of a multi-threaded process waits for its slowest thread, which
@@ -30,8 +30,11 @@ settings.register_profile("deep", max_examples=200, deadline=None, print_blob=Tr
 settings.load_profile("default")
 
 REPO = Path(__file__).resolve().parents[1]
-SHARED_DATA = REPO.parent / "shared" / "data"
 TEST_IMAGES = REPO / "misc" / "test_images"
+# A sample of the four real benchmarks, as images and labels (tests/data/README.md): `real_root` makes the LMDBs.
+REAL_SAMPLE = REPO / "tests" / "data" / "real" / "test"
+# Its counts under the 36-character protocol: IIIT5k's two labels of 44 characters are dropped.
+REAL_COUNTS = {"IIIT5k": 20, "SVT": 20, "SVTP": 20, "CUTE80": 23}
 
 TINY_ARCH = {
     "embed_dim": 64,
@@ -108,6 +111,15 @@ def data_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     lines = (TEST_IMAGES / "labels.tsv").read_text().splitlines()
     write_lmdb(root / "test" / "SVT", [((TEST_IMAGES / name).read_bytes(), label)
                                       for name, label in (line.split("\t") for line in lines)])
+    return root
+
+
+@pytest.fixture(scope="session")
+def real_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A data root whose test/IIIT5k, SVT, SVTP and CUTE80 are LMDBs of the real sample in tests/data."""
+    root = tmp_path_factory.mktemp("real")
+    for folder in sorted(REAL_SAMPLE.iterdir()):
+        write_lmdb(root / "test" / folder.name, folder_records(folder, folder / "labels.tsv"))
     return root
 
 

@@ -2,7 +2,7 @@
 import unicodedata
 from typing import Dict, List
 
-from strhub.tools import render_words
+from strhub.tools import typefaces
 
 SCRIPT_WORDS: Dict[str, List[str]] = {
     "Han": "中国 北京 上海 银行 医院 学校 出口 饭店 超市 地铁".split(),
@@ -14,8 +14,8 @@ SCRIPT_WORDS: Dict[str, List[str]] = {
     "Vietnamese": "phở đường chợ trường nước tiệm bánh quán".split(),
 }
 WORDS = [word for words in SCRIPT_WORDS.values() for word in words]
-# DejaVu draws Arabic, Cyrillic, Greek and Vietnamese; the other two come from fonts-wqy-microhei and fonts-lohit-deva.
-FONTS = ("DejaVuSans.ttf", "wqy-microhei.ttc", "Lohit-Devanagari.ttf")
+# strhub's own fonts: DejaVu draws Arabic, Cyrillic, Greek and Vietnamese, WenQuanYi Han and Hangul, Lohit Devanagari.
+FONTS = ("DejaVuSans.ttf", "wqy-microhei-subset.ttf", "Lohit-Devanagari.ttf")
 
 
 def gb2312_level1() -> str:
@@ -36,9 +36,5 @@ def script_of(char: str) -> str:
 
 
 def script_fonts() -> List[str]:
-    """The font files of FONTS (an assertion names the packages to install when one is missing)."""
-    found = {path.name: path for path in render_words.find_fonts()}
-    missing = [name for name in FONTS if name not in found]
-    assert not missing, (f"fonts {missing} are not installed: apt-get install fonts-dejavu-core fonts-wqy-microhei "
-                         "fonts-lohit-deva")
-    return [str(found[name]) for name in FONTS]
+    """The font files of FONTS, from the fonts that come with strhub (not the machine's, which vary)."""
+    return [str(typefaces.PACKAGED_FONTS / name) for name in FONTS]

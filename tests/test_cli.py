@@ -12,6 +12,7 @@ from typing import Dict, List
 
 import pytest
 import torch
+from conftest import REAL_COUNTS, REAL_SAMPLE
 from multiscript import SCRIPT_WORDS, gb2312_level1, script_fonts
 from nltk import edit_distance
 
@@ -30,7 +31,6 @@ from strhub.tools import render_words
 from strhub.tools.create_lmdb import write_lmdb
 
 REPO = Path(__file__).resolve().parents[1]
-REAL = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "real"
 TEST_IMAGES = REPO / "misc" / "test_images"
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 
@@ -167,11 +167,11 @@ def test_undecodable_images_are_reported_as_skipped_even_at_batch_1(checkpoint: 
     assert skipped == {(str(broken_root), 1): 1, (str(broken_root), 4): 1, (str(svt_root.resolve()), 4): 0}
 
 
-def test_test_sh_on_the_real_benchmarks_counts_every_sample(checkpoint: Path) -> None:
+def test_test_sh_on_the_real_benchmarks_counts_every_sample(checkpoint: Path, real_root: Path) -> None:
     proc = run(["bash", "scripts/test.sh", "cpu", checkpoint.name, "--num_workers", "1"],
-               env={"DATA_ROOT": str(REAL), "OUTPUTS": str(checkpoint.parent)})
+               env={"DATA_ROOT": str(real_root), "OUTPUTS": str(checkpoint.parent)})
     assert proc.returncode == 0, proc.stderr
-    for name, count in (("IIIT5k", 2998), ("SVT", 647), ("SVTP", 645), ("CUTE80", 288), ("Combined", 4578)):
+    for name, count in (*REAL_COUNTS.items(), ("Combined", sum(REAL_COUNTS.values()))):
         assert re.search(rf"^\| {name} +\| +{count} \|", proc.stdout, re.M), name
     assert proc.stdout.count("set:\n") == 2  # Benchmark (Subset) and Benchmark; nothing of New was found
     assert "ArT, COCOv1.4, HOST, IC13_1015, IC15_1811, IC15_2077, Uber, WOST" in proc.stderr
@@ -180,10 +180,10 @@ def test_test_sh_on_the_real_benchmarks_counts_every_sample(checkpoint: Path) ->
 def test_read_py_prints_every_image_and_reports_a_corrupt_one(checkpoint: Path, tmp_path: Path) -> None:
     (tmp_path / "broken.png").write_bytes(b"not an image")
     shutil.copy(TEST_IMAGES / "demo_1.png", tmp_path / "demo_1.png")
-    proc = run([sys.executable, "read.py", str(checkpoint), str(REAL / "images"), str(tmp_path), "--device", "cpu",
+    proc = run([sys.executable, "read.py", str(checkpoint), str(REAL_SAMPLE), str(tmp_path), "--device", "cpu",
                 "--batch_size", "8", "--confidence"])
     assert proc.returncode == 1
-    expected = sorted(p.relative_to(REAL / "images").as_posix() for p in (REAL / "images").rglob("*")
+    expected = sorted(p.relative_to(REAL_SAMPLE).as_posix() for p in REAL_SAMPLE.rglob("*")
                       if p.suffix in IMAGE_SUFFIXES) + ["demo_1.png"]
     lines = proc.stdout.splitlines()
     assert [line.split(": ", 1)[0] for line in lines] == expected

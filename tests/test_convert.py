@@ -9,14 +9,14 @@ from typing import Dict, List, Sequence, Tuple
 
 import numpy as np
 import pytest
+from conftest import REAL_SAMPLE
 from PIL import Image, ImageDraw
 
 from strhub.tools import filter_lmdb
 from strhub.tools.convert import art, case_sensitive, cocotext, icdar, lsvt, mlt19, textocr, union14m
-from strhub.tools.create_lmdb import read_records, write_lmdb
+from strhub.tools.create_lmdb import read_label_list, read_records, write_lmdb
 from strhub.tools.geometry import min_area_rect, word_quad
 
-SHARED_SVT = Path(__file__).resolve().parents[2] / "shared" / "data" / "real" / "test" / "SVT"
 RED, BLUE, GREY = (255, 0, 0), (0, 0, 255), (40, 40, 40)
 CONVERTERS = ["icdar", "cocotext", "textocr", "art", "lsvt", "mlt19", "union14m", "case_sensitive"]
 
@@ -267,8 +267,10 @@ def test_union14m_benchmark_folder_gives_one_lmdb_per_subset(tmp_path, capsys):
         ["multi_words0", "multi_words1", "multi_words2"]
 
 
-def test_case_sensitive_layout_rebuilds_the_shared_lmdb(tmp_path, capsys):
-    originals = [r for r in read_records(SHARED_SVT) if r[0] <= 12]
+def test_case_sensitive_layout_rebuilds_the_real_sample_as_it_came(tmp_path, capsys):
+    # SVT's records 1-12 as the real data has them (tests/data/README.md): index, image, label, source name.
+    originals = [(int(Path(name).stem), (REAL_SAMPLE / "SVT" / name).read_bytes(), label, f"svt_test/IMG/{name}")
+                 for _, name, label in read_label_list(REAL_SAMPLE / "SVT" / "labels.tsv")][:12]
     folder = tmp_path / "source" / "svt_test"
     (folder / "IMG").mkdir(parents=True)
     (folder / "label").mkdir()

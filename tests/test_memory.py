@@ -15,7 +15,7 @@ from torch import Tensor
 
 from strhub.config import model_config
 from strhub.keys import ConfigError
-from strhub.models.clip import ClipBlock
+from strhub.models.clip_blocks import ClipBlock
 from strhub.models.utils import create_model
 from strhub.training.measure import training_labels
 from strhub.training.planner import (

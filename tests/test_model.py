@@ -11,16 +11,8 @@ from conftest import TINY_ARCH, make_tiny_model
 from strhub.app.common import parse_model_args
 from strhub.models import plm
 from strhub.models.checkpoint import InvalidCheckpointError, load_model
-from strhub.models.clip import (
-    QUICK_GELU_BAND_ROWS,
-    arch_from_state_dict,
-    build_clip,
-    encode_text_tokens,
-    load_pretrained_clip,
-    mlp,
-    read_clip_state_dict,
-    shared_prefixes,
-)
+from strhub.models.clip import arch_from_state_dict, build_clip, load_pretrained_clip, read_clip_state_dict
+from strhub.models.clip_blocks import QUICK_GELU_BAND_ROWS, encode_text_tokens, mlp, shared_prefixes
 from strhub.models.plm import head_cross_entropy, permutation_masks, permutation_targets
 from strhub.models.utils import create_model, load_from_checkpoint, load_weights
 

@@ -16,7 +16,8 @@ from safetensors.torch import load_file
 from torch import nn
 
 from strhub.deploy.export import MIN_OPSET, ExportError, export_onnx
-from strhub.models.clip import arch_from_name, mlp
+from strhub.models.clip import arch_from_name
+from strhub.models.clip_blocks import mlp
 from strhub.models.utils import create_model
 
 REPO = Path(__file__).resolve().parents[1]

@@ -14,10 +14,10 @@ from PIL import Image
 from strhub.data.dataset import LmdbDataset
 from strhub.data.module import SceneTextDataModule
 from strhub.tokenizer import CHARSET_36, CHARSET_94, load_charset
-from strhub.tools import build_charset, create_lmdb, inspect_lmdb, render_words
+from strhub.tools import build_charset, create_lmdb, inspect_lmdb, render_words, typefaces
 
 REPO = Path(__file__).resolve().parents[1]
-IMAGES = REPO.parent / "shared" / "data" / "real" / "images"
+TEST_IMAGES = REPO / "misc" / "test_images"  # ten real word images and their labels.tsv
 
 
 @pytest.mark.parametrize("tool", ["create_lmdb", "inspect_lmdb", "render_words", "build_charset", "filter_lmdb",
@@ -37,7 +37,7 @@ def test_a_tool_runs_in_a_fresh_interpreter():
 
 
 def test_folder_to_lmdb_to_dataset_round_trip(tmp_path, capsys):
-    folder = IMAGES / "parseq_demo_images"
+    folder = TEST_IMAGES
     entries = [line.split("\t") for line in (folder / "labels.tsv").read_text().splitlines()]
     create_lmdb.main([str(folder), str(folder / "labels.tsv"), str(tmp_path / "db")])
     assert f"wrote {len(entries)} of {len(entries)} records" in capsys.readouterr().out
@@ -50,7 +50,7 @@ def test_folder_to_lmdb_to_dataset_round_trip(tmp_path, capsys):
 
 def test_broken_and_missing_images_are_skipped_and_counted(tmp_path, capsys):
     folder = tmp_path / "images"
-    shutil.copytree(IMAGES / "mmocr_rec_toy", folder)
+    shutil.copytree(TEST_IMAGES, folder)
     names = sorted(p.name for p in folder.glob("*.jpg"))
     (folder / names[0]).write_bytes(b"\xff\xd8 not really a jpeg")
     labels = folder / "labels.tsv"
@@ -80,7 +80,7 @@ def test_existing_lmdb_is_not_overwritten_silently(tmp_path):
 
 
 def test_inspect_reports_counts_histogram_coverage_and_unreadable(tmp_path, capsys):
-    good = (IMAGES / "parseq_demo_images" / "cute-184.jpg").read_bytes()
+    good = (TEST_IMAGES / "cute-184.jpg").read_bytes()
     records = [(good, "SALMON"), (b"broken", "Café"), (good, "a" * 30), (good, "#!")]
     create_lmdb.write_lmdb(tmp_path / "set" / "db", records)
     inspect_lmdb.main([str(tmp_path / "set"), "--charset", "36", "--samples", "2"])
@@ -97,14 +97,18 @@ def test_inspect_reports_counts_histogram_coverage_and_unreadable(tmp_path, caps
 
 
 def renderer(**overrides) -> render_words.WordRenderer:
-    settings = dict(charset=CHARSET_94, fonts=render_words.find_fonts(), words=render_words._WORDS, height=32,
+    settings = dict(charset=CHARSET_94, fonts=typefaces.find_fonts(), words=render_words._WORDS, height=32,
                     width=0, min_length=1, max_length=12, font_sizes=(20, 44), image_format="jpeg", seed=0)
     return render_words.WordRenderer(**{**settings, **overrides})
 
 
-def test_installed_fonts_are_found():
-    fonts = render_words.find_fonts()
-    assert fonts and fonts == sorted(fonts), "install fonts: apt-get install " + render_words.FONT_PACKAGES
+def test_strhubs_own_fonts_are_found_with_their_licences():
+    fonts = typefaces.find_fonts()
+    own = sorted(typefaces.PACKAGED_FONTS.glob("*.ttf"))
+    assert [f.name for f in own] == ["DejaVuSans.ttf", "Lohit-Devanagari.ttf", "wqy-microhei-subset.ttf"]
+    assert set(own) <= set(fonts) and fonts == sorted(fonts)
+    licences = [path.read_text(encoding="utf-8") for path in typefaces.PACKAGED_FONTS.glob("LICENSE-*.txt")]
+    assert all(sum(font.name in text for text in licences) == 1 for font in own)
 
 
 def test_generator_writes_the_data_module_layout(tmp_path):
@@ -138,15 +142,15 @@ def test_generator_respects_a_small_charset_and_fixed_size(tmp_path):
 
 
 def test_fonts_without_the_glyphs_are_not_used():
-    fonts = render_words.find_fonts()
-    coverage = render_words.glyph_coverage(fonts[0], "ab\U0001F600")  # no installed font draws this emoji
+    font = typefaces.PACKAGED_FONTS / "wqy-microhei-subset.ttf"  # ASCII and Han, no emoji (DejaVu Sans has some)
+    coverage = typefaces.glyph_coverage(font, "ab\U0001F600")
     assert coverage == frozenset("ab")
 
 
 def test_generator_names_packages_when_no_font_is_found(tmp_path, capsys):
     with pytest.raises(SystemExit):
         render_words.main([str(tmp_path / "out"), "--fonts", str(tmp_path)])
-    assert f"apt-get install {render_words.FONT_PACKAGES}" in capsys.readouterr().err
+    assert f"apt-get install {typefaces.FONT_PACKAGES}" in capsys.readouterr().err
 
 
 def test_generator_command_line(tmp_path, capsys):
@@ -193,8 +197,8 @@ def test_words_in_other_scripts_are_kept_as_written_and_unusable_ones_counted(tm
 
 
 def test_right_to_left_text_is_shaped():
-    assert render_words.needs_shaping("مرحبا") and render_words.needs_shaping("नमस्ते")  # joining; a virama
-    assert not render_words.needs_shaping("中国 Москва Tiếng") and not render_words.needs_shaping("")
+    assert typefaces.needs_shaping("مرحبا") and typefaces.needs_shaping("नमस्ते")  # joining; a virama
+    assert not typefaces.needs_shaping("中国 Москва Tiếng") and not typefaces.needs_shaping("")
     renderer = script_renderer(words=SCRIPT_WORDS["Arabic"][:1])
     shaped = Image.open(io.BytesIO(renderer.render("train", 0)[0]))
     with pytest.MonkeyPatch.context() as patch:
@@ -204,7 +208,7 @@ def test_right_to_left_text_is_shaped():
 
 
 def test_vertical_text_is_for_cjk_only():
-    assert render_words.is_vertical_script("中国서울カタカナ") and not render_words.is_vertical_script("中国a")
+    assert typefaces.is_vertical_script("中国서울カタカナ") and not typefaces.is_vertical_script("中国a")
     for word, turned in (("中国北京", True), ("москва", False)):
         images = [script_renderer(words=[word], vertical=share).render("train", 0) for share in (0.0, 1.0)]
         assert images[0][1] == images[1][1] == word
@@ -215,7 +219,7 @@ def test_shaping_without_libraqm_is_an_error_naming_the_packages(monkeypatch):
     monkeypatch.setattr(render_words.features, "check", lambda feature: False)
     renderer(charset="abc")  # Latin text needs no shaping
     for settings in ({"charset": "ab\u0645"}, {"charset": "ab", "vertical": 0.5}):
-        with pytest.raises(RuntimeError, match=f"apt-get install {render_words.RAQM_PACKAGES}"):
+        with pytest.raises(RuntimeError, match=f"apt-get install {typefaces.RAQM_PACKAGES}"):
             renderer(**settings)
 
 

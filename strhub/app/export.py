@@ -12,16 +12,18 @@ calibrated on the images of --calibration DIR or on words rendered with the mode
 then uses; it says how many calibration images it reads as PyTorch does in float32. Needs the onnx extra:
 pip install -e ".[onnx]".
 """
+import io
 import sys
 from pathlib import Path
 from typing import Any, List, Optional
 
 from omegaconf import OmegaConf
+from PIL import Image
 
 from strhub.app.common import Parser, list_images, reported
 from strhub.config import CONFIG_DIR
 from strhub.deploy.export import ExportError, check_opset, write_export
-from strhub.deploy.quantize import folder_images, quantize_encoder, rendered_images, same_strings
+from strhub.deploy.quantize import folder_images, quantize_encoder, same_strings
 from strhub.models.checkpoint import checkpoint_file, load_model
 
 
@@ -76,6 +78,18 @@ def main(argv: Optional[List[str]] = None) -> None:
         quantize(parser, model, args.out, calibration, defaults.calibration_images)
     print(f"done: {args.out} ({len(manifest['graphs'])} graphs and {args.out / 'model.json'}); read with "
           f"`python read.py {args.out} IMAGES... --backend onnx`")
+
+
+def rendered_images(charset: str, count: int, seed: int = 0) -> List[Image.Image]:
+    """`count` words rendered with the fonts of the system (`render_words`' defaults) over `charset`."""
+    from strhub.tools.render_words import _WORDS, WordRenderer
+    from strhub.tools.typefaces import find_fonts
+
+    fonts = find_fonts()
+    if not fonts:
+        raise ValueError("no fonts to render calibration words with: give images with --calibration DIR")
+    renderer = WordRenderer(charset, fonts, _WORDS, 32, 0, 1, 12, (20, 44), "png", seed)
+    return [Image.open(io.BytesIO(renderer.render("test", index)[0])).convert("RGB") for index in range(count)]
 
 
 def calibration_paths(parser: Parser, folder: Path) -> List[Path]:

@@ -21,11 +21,11 @@ from tqdm import tqdm
 from strhub.data.transforms import get_transform
 from strhub.deploy.graphs import CaptionGraph, EncoderGraph, ParallelGraph, RefineGraph, StepGraph, decoders, kv_names
 from strhub.deploy.runtime import FORMAT, FORMAT_VERSION, MANIFEST, OnnxReader
+from strhub.host import atomic_directory
 from strhub.models.clip4str.model import CLIP4STR
 from strhub.models.recognizer import Recognizer
 from strhub.models.registry import FAMILIES
 from strhub.models.towers import CLIPTextTower
-from strhub.tools.common import atomic_directory
 
 MIN_OPSET = 14  # scaled_dot_product_attention
 MAX_OPSET = 20  # the TorchScript exporter's newest

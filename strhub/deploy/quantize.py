@@ -2,11 +2,10 @@
 
 The weights of its matrix products and of the patch convolution are quantized per output channel (int8), their
 inputs per tensor (uint8) with ranges calibrated on a few images: the user's, or words rendered with the model's
-charset (`strhub.tools.render_words`). The products of two activations (attention) stay float32, as do the
+charset (`strhub.app.export` renders them). The products of two activations (attention) stay float32, as do the
 decoding graphs, whose few rows per step gain nothing. The quantized graph is written beside the float32 one, and
 the manifest names it, so `OnnxReader` reads the export as before.
 """
-import io
 import json
 import tempfile
 from pathlib import Path
@@ -20,17 +19,6 @@ from strhub.deploy.runtime import MANIFEST, read_manifest
 
 INT8_ENCODER = "encoder_int8.onnx"
 CALIBRATION_BATCH = 8
-
-
-def rendered_images(charset: str, count: int, seed: int = 0) -> List[Image.Image]:
-    """`count` words rendered with the fonts of the system (`render_words`' defaults) over `charset`."""
-    from strhub.tools.render_words import _WORDS, WordRenderer, find_fonts
-
-    fonts = find_fonts()
-    if not fonts:
-        raise ValueError("no fonts to render calibration words with: give images with --calibration DIR")
-    renderer = WordRenderer(charset, fonts, _WORDS, 32, 0, 1, 12, (20, 44), "png", seed)
-    return [Image.open(io.BytesIO(renderer.render("test", index)[0])).convert("RGB") for index in range(count)]
 
 
 def folder_images(paths: Sequence[Path], count: int) -> List[Image.Image]:

@@ -35,7 +35,8 @@ from PIL import Image
 from tqdm import tqdm
 
 from strhub.config import config_file
-from strhub.tools.common import HelpFormatter, atomic_directory
+from strhub.host import atomic_directory
+from strhub.tools.common import HelpFormatter
 from strhub.tools.create_lmdb import count_records, read_records
 
 LINKS = ("symlink", "hardlink", "copy")

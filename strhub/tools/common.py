@@ -1,11 +1,8 @@
 """Helpers shared by the command-line tools."""
 import argparse
 import contextlib
-import shutil
 import sys
-import tempfile
 import warnings
-from pathlib import Path
 from typing import Iterator
 
 from tqdm import tqdm
@@ -46,25 +43,3 @@ def warnings_to_stderr() -> Iterator[None]:
         yield
 
 
-@contextlib.contextmanager
-def atomic_directory(output: Path, overwrite: bool = False) -> Iterator[Path]:
-    """A fresh hidden directory beside `output` to fill; when the block ends without an error it takes
-    `output`'s place (a previous `output` is removed only then, and only with `overwrite`), otherwise it is
-    deleted. A crash therefore never leaves a partial result under the final name."""
-    output = Path(output)
-    if output.exists() and not overwrite and (not output.is_dir() or any(output.iterdir())):
-        raise FileExistsError(f"{output} exists; remove it or pass overwrite")
-    output.parent.mkdir(parents=True, exist_ok=True)
-    partial = Path(tempfile.mkdtemp(prefix=f".{output.name}.", suffix=".partial", dir=output.parent))
-    try:
-        yield partial
-        if output.exists():
-            old = Path(tempfile.mkdtemp(prefix=f".{output.name}.", suffix=".old", dir=output.parent))
-            output.rename(old / output.name)
-            partial.rename(output)
-            shutil.rmtree(old)
-        else:
-            partial.rename(output)
-    except BaseException:
-        shutil.rmtree(partial, ignore_errors=True)
-        raise

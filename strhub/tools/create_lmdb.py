@@ -13,7 +13,8 @@ from typing import Iterable, Iterator, List, Optional, Sequence, Tuple
 import lmdb
 from PIL import Image
 
-from strhub.tools.common import HelpFormatter, atomic_directory, warnings_to_stderr
+from strhub.host import atomic_directory
+from strhub.tools.common import HelpFormatter, warnings_to_stderr
 
 MAP_SIZE = 1 << 40  # address space only: data.mdb grows with its content
 COMMIT_EVERY = 1000

@@ -1,4 +1,4 @@
-"""Render synthetic word images with the fonts installed on this machine and write train/val/test LMDBs.
+"""Render synthetic word images with strhub's own fonts and the machine's, and write train/val/test LMDBs.
 
 Texts are dictionary words (a built-in English list or --words, in any script), numbers and random strings
 over the charset; each image varies font, size, colours, background, outline, rotation, perspective, blur,
@@ -20,28 +20,32 @@ import string
 import sys
 import unicodedata
 from collections import Counter
-from functools import lru_cache
 from pathlib import Path
 from typing import Dict, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
-from PIL import Image, ImageDraw, ImageFilter, ImageFont, features
+from PIL import Image, ImageDraw, ImageFilter, features
 from tqdm import tqdm
 
 from strhub.tools.common import HelpFormatter, add_charset_arguments, charset_from_args
 from strhub.tools.create_lmdb import write_lmdb
 from strhub.tools.geometry import perspective_coefficients
+from strhub.tools.typefaces import (
+    FONT_DIRS,
+    FONT_PACKAGES,
+    RAQM_PACKAGES,
+    SCRIPT_FONT_PACKAGES,
+    find_fonts,
+    glyph_coverage,
+    is_vertical_script,
+    load_font,
+    needs_shaping,
+)
 
-FONT_DIRS = ("/usr/share/fonts", "/usr/local/share/fonts", "~/.local/share/fonts", "~/.fonts")
-FONT_SUFFIXES = (".ttf", ".otf", ".ttc")
-FONT_PACKAGES = "fonts-dejavu-core fonts-liberation2 fonts-freefont-ttf"
-SCRIPT_FONT_PACKAGES = "fonts-wqy-microhei for CJK, fonts-lohit-deva for Devanagari, fonts-noto-core for most others"
-RAQM_PACKAGES = "libfribidi0 libraqm0"
 SPLITS = ("train", "val", "test")
 NUMBER_SHARE = 0.15  # share of the texts that are numbers, after the words
 SHOWN_UNUSABLE = 5  # skipped words named in the report
 SHOWN_UNCOVERED = 20  # characters without a glyph named in the warning
-_MISSING_GLYPH = "\U0010fffd"  # a private-use code point: fonts render their "missing glyph" box for it
 _WORDS = """
 the of and to in is you that it he was for on are as with his they at be this have from or one had by word but
 not what all were we when your can said there use an each which she do how their if will up other about out
@@ -67,48 +71,6 @@ sugar honey butter cream pharmacy doctor dental clinic beauty salon barber fashi
 dress jacket hat bag watch jewelry toys gifts flowers books news times journal daily weekly radio
 television video photo camera studio design build repair motor auto garage tire wash laundry clean
 """.split()
-
-
-def find_fonts(paths: Sequence[str] = ()) -> List[Path]:
-    """Font files (.ttf, .otf, .ttc) in the given files/folders, or in the system font folders, sorted."""
-    found = set()
-    for path in map(lambda p: Path(p).expanduser(), paths or FONT_DIRS):
-        if path.is_file() and path.suffix.lower() in FONT_SUFFIXES:
-            found.add(path)
-        elif path.is_dir():
-            found.update(f for f in path.rglob("*") if f.suffix.lower() in FONT_SUFFIXES and f.is_file())
-    return sorted(found)
-
-
-@lru_cache(maxsize=None)
-def _font(path: str, size: int, shaped: bool = False) -> ImageFont.FreeTypeFont:
-    layout = ImageFont.Layout.RAQM if shaped else ImageFont.Layout.BASIC
-    return ImageFont.truetype(path, size, layout_engine=layout)
-
-
-def needs_shaping(text: str) -> bool:
-    """Whether glyph-by-glyph layout would draw `text` wrongly: it holds right-to-left letters or
-    numbers (their order and joining forms) or combining marks (their placement, conjuncts)."""
-    return any(unicodedata.bidirectional(char) in ("R", "AL", "AN") or unicodedata.category(char).startswith("M")
-               for char in text)
-
-
-def is_vertical_script(text: str) -> bool:
-    """Whether every character of `text` is wide (CJK ideographs, kana, Hangul, full-width forms), the
-    characters that are written top to bottom upright."""
-    return all(unicodedata.east_asian_width(char) in ("W", "F") for char in text)
-
-
-def glyph_coverage(path: Path, charset: str) -> frozenset:
-    """The characters of `charset` the font has a glyph for (a glyph unlike its missing-glyph box)."""
-    font = _font(str(path), 24)
-
-    def bitmap(char: str) -> Tuple[Tuple[int, int], bytes]:
-        mask = font.getmask(char)
-        return mask.size, bytes(mask)
-
-    missing = bitmap(_MISSING_GLYPH)
-    return frozenset(char for char in charset if char.isspace() or bitmap(char) != missing)
 
 
 def _luma(colour: Sequence[int]) -> float:
@@ -221,7 +183,7 @@ class WordRenderer:
             fonts = [self.fonts[choice]]
         vertical = self.vertical > 0 and is_vertical_script(text) and rng.random() < self.vertical
         shaped = vertical or needs_shaping(text)
-        font = _font(fonts[rng.integers(len(fonts))], int(rng.integers(self.font_sizes[0], self.font_sizes[1] + 1)),
+        font = load_font(fonts[rng.integers(len(fonts))], int(rng.integers(self.font_sizes[0], self.font_sizes[1] + 1)),
                      shaped)
         direction = "ttb" if vertical else None
         background, colour = self._colours(rng)

@@ -16,7 +16,8 @@ from strhub.app.common import Parser, count
 from strhub.data.dataset import build_tree_dataset, skip_corrupt_collate
 from strhub.data.transforms import OPENAI_MEAN, OPENAI_STD, get_transform
 from strhub.tokenizer import CHARSET_94
-from strhub.tools.render_words import WordRenderer, find_fonts, generate
+from strhub.tools.render_words import WordRenderer, generate
+from strhub.tools.typefaces import find_fonts
 
 
 def cpu_seconds() -> float:

@@ -13,7 +13,7 @@ from open_clip.model import CLIP
 from open_clip.transformer import LayerNorm, QuickGELU, ResidualAttentionBlock
 from torch import Tensor, nn
 
-from strhub.models.clip import ClipBlock, RunsResidualBlock
+from strhub.models.clip_blocks import ClipBlock, RunsResidualBlock
 from strhub.models.decoder import init_decoder_weights
 
 

@@ -7,7 +7,8 @@ import torch
 from open_clip.model import CLIP
 from torch import Tensor, nn
 
-from strhub.models.clip import RunsResidualBlock, build_on_clip, clip_settings, clip_token_grid, vision_features
+from strhub.models.clip import build_on_clip, clip_settings
+from strhub.models.clip_blocks import RunsResidualBlock, clip_token_grid, vision_features
 from strhub.models.recognizer import PARSeqRecognizer
 from strhub.models.state_dicts import count_blocks
 from strhub.models.str_adapter.adapters import build_adapter

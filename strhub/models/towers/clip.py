@@ -7,7 +7,7 @@ from open_clip.model import CLIP
 from open_clip.tokenizer import SimpleTokenizer
 from torch import Tensor, nn
 
-from strhub.models.clip import encode_text_tokens
+from strhub.models.clip_blocks import encode_text_tokens
 from strhub.models.towers.base import TextTower
 
 

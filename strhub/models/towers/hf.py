@@ -30,9 +30,9 @@ from strhub.models.clip import (
     arch_from_state_dict,
     is_hf_arch,
     read_clip_state_dict,
-    run_blocks_as_ours,
     vision_config,
 )
+from strhub.models.clip_blocks import run_blocks_as_ours
 from strhub.models.state_dicts import merge_settings
 from strhub.models.towers.base import TextTower
 
