@@ -5,7 +5,9 @@
 #   bash scripts/quickstart.sh
 # Environment: QUICKSTART_STEPS (training steps, default 600), QUICKSTART_MAX_TIME (a wall-time limit for training,
 # DD:HH:MM:SS, default none: the closing lines say at which step it stopped and why), SKIP_INSTALL=1 (skip pip),
-# OMP_NUM_THREADS (torch's threads, default: the CPUs less the one the data-loading process takes, at least 1).
+# OMP_NUM_THREADS (torch's threads, default: the CPUs less the one the data-loading process takes, at least 1),
+# QUICKSTART_PRECISION (trainer.precision, default 32; bf16-mixed on a CPU with avx512_bf16 or amx_bf16: see
+# docs/cpu_speed.md for when it pays).
 # Everything it writes goes to data/quickstart and outputs/quickstart.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -29,7 +31,8 @@ stage "3/5 Training the tiny config on the CPU for $steps steps, $OMP_NUM_THREAD
     "and val_accuracy are logged every 100 steps)"
 rm -rf "$run"
 python train.py +experiment=tiny dataset=custom data.root_dir="$data" data.num_workers=1 \
-    trainer.accelerator=cpu trainer.devices=1 trainer.precision=32 trainer.max_steps="$steps" \
+    trainer.accelerator=cpu trainer.devices=1 trainer.precision="${QUICKSTART_PRECISION:-32}" \
+    trainer.max_steps="$steps" \
     trainer.val_check_interval=100 trainer.log_every_n_steps=10 trainer.max_time="${QUICKSTART_MAX_TIME:-null}" \
     seed=0 hydra.run.dir="$run"
 

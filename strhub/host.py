@@ -6,6 +6,7 @@ import ctypes
 import gc
 import os
 import shutil
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -18,6 +19,9 @@ from strhub.keys import ConfigError
 GIB = 2**30
 M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3  # glibc's mallopt parameters
 PRECISIONS = ("32", "bf16", "16")
+INFERENCE_PRECISIONS = ("auto", *PRECISIONS)  # what the entry points take: auto picks (see `choose_precision`)
+NATIVE_BF16_FLAGS = ("amx_bf16", "avx512_bf16")  # /proc/cpuinfo flags of CPUs that multiply bfloat16 natively
+CPUINFO = Path("/proc/cpuinfo")
 
 
 def usable_cpus() -> int:
@@ -57,6 +61,45 @@ def autocast_context(device: Union[str, torch.device], precision: str = "32") ->
     if precision not in dtypes:
         raise ConfigError(f"precision must be one of {', '.join(PRECISIONS)}; got {precision!r}")
     return torch.autocast(torch.device(device).type, dtype=dtypes[precision])
+
+
+def native_bf16(device: Union[str, torch.device]) -> Optional[str]:
+    """Why `device` multiplies bfloat16 natively (a GPU that supports it, or a CPU flag), or None."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        return f"{torch.cuda.get_device_name(device)} supports bfloat16" if torch.cuda.is_bf16_supported() else None
+    if device.type != "cpu":
+        return None
+    try:
+        flags = set(CPUINFO.read_text().split())
+    except OSError:  # no /proc (macOS, Windows): no way to tell, so float32
+        return None
+    found = [flag for flag in NATIVE_BF16_FLAGS if flag in flags]
+    return f"the CPU has {' and '.join(found)}" if found else None
+
+
+def choose_precision(precision: str, device: Union[str, torch.device], announce: bool = True) -> str:
+    """The inference precision that `precision` names on `device`: `auto` is bf16 where the device multiplies
+    bfloat16 natively (`native_bf16`), else 32, and says which on stderr when `announce`; others are kept."""
+    if precision != "auto":
+        return precision
+    reason = native_bf16(device)
+    chosen = "bf16" if reason else "32"
+    if announce:
+        print(f"--precision auto: {chosen} ({reason or f'no native bfloat16 on {torch.device(device).type}'})",
+              file=sys.stderr)
+    return chosen
+
+
+def inference_precision(model: torch.nn.Module, device: Union[str, torch.device],
+                        precision: str) -> contextlib.AbstractContextManager:
+    """Readies `model` (a Recognizer, or a system that holds one as `model`) for inference at `precision` and
+    returns the context to run it in: bf16 stores the weights in bfloat16 once (`Recognizer.cast_for_inference`,
+    no autocast), 16 autocasts, 32 changes nothing."""
+    if precision == "bf16":
+        getattr(model, "model", model).cast_for_inference(torch.bfloat16)
+        return contextlib.nullcontext()
+    return autocast_context(device, precision)
 
 
 def reuse_freed_memory() -> None:

@@ -28,6 +28,11 @@ def test_bench_speed_reports_every_measurement(tmp_path: Path) -> None:
         assert 0 < result["encoder_seconds"] < result["seconds"]
         assert result["encoder_seconds"] + result["after_encoder_seconds"] == pytest.approx(result["seconds"])
         assert result["peak_memory_mib"] > 100
+        assert result["flops"] > result["encoder_flops"] > 0
+        assert set(result["matmul_rates"]) == {"32", "bf16", "int8"} and min(result["matmul_rates"].values()) > 1e8
+    assert re.search(r"^matmul rate \(\d+ threads\): fp32 \d+ GFLOP/s, bf16 \d+ GFLOP/s, int8 \d+ GOP/s", run.stdout,
+                     re.M)
+    assert re.search(r"^inference batch +1: .*encoder .*\(\d+\.\d% of the matmul rate\)", run.stdout, re.M)
 
 
 def test_a_charset_file_sets_both_charsets_of_random_weights(tmp_path: Path, monkeypatch) -> None:
@@ -46,10 +51,11 @@ def test_bench_speed_measures_a_checkpoint_of_another_family(tmp_path: Path) -> 
     weights = tmp_path / "adapter.ckpt"
     torch.save({"state_dict": system.state_dict(), "hyper_parameters": dict(system.hparams)}, weights)
     run = subprocess.run([sys.executable, "bench.py", "speed", "--weights", str(weights), "--batches", "2",
-                          "--train-batch", "0", "--warmup", "0", "--repeats", "1"], cwd=REPO, capture_output=True,
-                         text=True, timeout=600)
+                          "--train-batch", "0", "--warmup", "0", "--repeats", "1", "--precision", "bf16"], cwd=REPO,
+                         capture_output=True, text=True, timeout=600)
     assert run.returncode == 0, run.stderr
     assert re.search(r"^inference batch +2: .*encoder .*after encoder", run.stdout, re.M)
+    assert "the fractions below are of bf16's" in run.stdout
 
 
 def test_training_labels_take_their_lengths_from_a_dataset(tmp_path: Path, monkeypatch) -> None:

@@ -6,7 +6,9 @@ images), are exported and read with ONNX Runtime. Its logits must be within 1e-4
 code's outputs, for the batch and for each image alone, with the same strings and confidences.
 """
 import json
+import re
 import runpy
+import shutil
 import sys
 from pathlib import Path
 from typing import Dict, List, Sequence, Tuple
@@ -220,6 +222,49 @@ def test_bench_onnx_times_both_backends_on_the_same_weights(monkeypatch, capsys)
         ratio = float(line.split("|")[2].split()[-1])
         assert pytorch > 0 and onnx_runtime > 0 and ratio == pytest.approx(pytorch / onnx_runtime, rel=0.02)
         assert float(line.split("within")[1]) <= LOGIT_ATOL
+
+
+def test_int8_export_quantizes_the_encoder_and_the_reader_reads_it(clip4str_files, tmp_path, monkeypatch, capsys):
+    """export.py --int8: an int8 encoder calibrated on the images of --calibration, named by model.json, read by
+    OnnxReader (and read.py --backend onnx) with no option; `float_encoder=True` reads the float32 one."""
+    import onnx
+
+    calibration = tmp_path / "calibration"
+    calibration.mkdir()
+    for name in ("00.png", "05.png", "11.png"):
+        shutil.copy(REFERENCE_DIR / "images" / name, calibration / name)
+    out = tmp_path / "export"
+    status, stdout, stderr = _run("export.py", [clip4str_files["ckpt"], "--out", out, "--int8", "--calibration",
+                                                calibration], monkeypatch, capsys)
+    assert status == 0, stderr
+    assert re.search(rf"encoder_int8\.onnx: int8 encoder, .* calibrated on {re.escape(str(calibration))}; it reads "
+                     r"[0-3] of 3 of them as PyTorch does in float32", stdout)
+    manifest = json.loads((out / "model.json").read_text())
+    assert manifest["graphs"]["encoder"]["file"] == "encoder_int8.onnx"
+    assert manifest["quantized"] == {"encoder": "int8", "float_encoder": "encoder.onnx", "calibration": str(calibration),
+                                     "calibration_images": 3}
+    operators = {node.op_type for node in onnx.load(str(out / "encoder_int8.onnx")).graph.node}
+    assert {"QuantizeLinear", "DequantizeLinear"} <= operators
+    assert (out / "encoder_int8.onnx").stat().st_size < 0.5 * (out / "encoder.onnx").stat().st_size
+
+    model = load_model(clip4str_files["ckpt"]).eval()
+    images = _images(["00.png", "05.png", "11.png"], model.image_size)
+    with torch.inference_mode():
+        expected = model(images)
+    _assert_close(OnnxReader(out, device="cpu", float_encoder=True)(images), expected, "float32 encoder")
+    int8 = OnnxReader(out, device="cpu")(images)
+    assert int8.shape[0] == 3 and torch.isfinite(int8).all() and not torch.equal(int8[:, :1], expected[:, :1])
+    status, stdout, stderr = _run("read.py", [out, calibration, "--backend", "onnx"], monkeypatch, capsys)
+    assert status == 0 and len(stdout.splitlines()) == 3, stderr
+
+    status, _, stderr = _run("export.py", [clip4str_files["ckpt"], "--out", tmp_path / "x", "--int8", "--fp16"],
+                             monkeypatch, capsys)
+    assert status == 2 and "--int8 quantizes a float32 export's encoder: drop --fp16" in stderr
+    (tmp_path / "empty").mkdir()
+    status, _, stderr = _run("export.py", [clip4str_files["ckpt"], "--out", tmp_path / "x", "--int8", "--calibration",
+                                           tmp_path / "empty"], monkeypatch, capsys)
+    assert status == 2 and stderr.count("\n") == 1 and "no .png, .jpg or .jpeg image in it" in stderr
+    assert not (tmp_path / "x").exists()
 
 
 def test_a_failed_export_leaves_nothing_and_keeps_the_previous_one(clip4str_files, tmp_path, monkeypatch, capsys):

@@ -405,3 +405,35 @@ def test_weights_are_input_major_out_of_training_with_the_same_values(tiny_model
     assert all(torch.equal(a, b) for a, b in zip(loaded.state_dict().values(), tiny_model.state_dict().values()))
     loaded.train()
     assert weight.is_contiguous() and text_weight.is_contiguous()
+
+
+@pytest.mark.parametrize("features_dtype", [torch.float32, torch.bfloat16])
+def test_the_chunked_head_loss_is_right_under_bf16_autocast(features_dtype, monkeypatch):
+    """bf16-mixed training on a CPU: under autocast, the chunked loss and its gradients equal those of autograd over
+    the full logits under the same autocast, and stay within bfloat16's rounding of float32's."""
+    monkeypatch.setattr(plm, "CHUNK_ELEMENTS", 5 * 97)
+    torch.manual_seed(0)
+    head = torch.nn.Linear(64, 97)
+    features = torch.randn(2, 5, 64).to(features_dtype).requires_grad_()
+    targets = torch.randint(0, 97, (2, 5))
+    targets[1, 3:] = pad = 98
+    parameters = [head.weight, head.bias, features]
+
+    def full_logits_loss() -> torch.Tensor:
+        return torch.nn.functional.cross_entropy(head(features.float()).flatten(end_dim=1).float(), targets.flatten(),
+                                                 ignore_index=pad, reduction="sum")
+
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        loss = head_cross_entropy(head, features, targets, pad)[0]
+        expected = full_logits_loss()
+    grads = torch.autograd.grad(loss, parameters)
+    expected_grads = torch.autograd.grad(expected, parameters)
+    fp32_loss = full_logits_loss()
+    fp32_grads = torch.autograd.grad(fp32_loss, parameters)
+    assert loss.dtype == torch.float32
+    torch.testing.assert_close(loss, expected, rtol=1e-3, atol=1e-3)
+    torch.testing.assert_close(loss, fp32_loss, rtol=2e-2, atol=0)
+    for grad, expected_grad, fp32_grad, parameter in zip(grads, expected_grads, fp32_grads, parameters):
+        assert grad.dtype == parameter.dtype
+        torch.testing.assert_close(grad.float(), expected_grad.float(), rtol=2e-2, atol=2e-2)
+        assert (grad.float() - fp32_grad.float()).norm() < 0.05 * fp32_grad.float().norm()

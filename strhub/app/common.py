@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 from typing import Any, Callable, Dict, Iterable, Iterator, List, Sequence, Tuple
 
+from strhub.host import INFERENCE_PRECISIONS
 from strhub.keys import ConfigError
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
@@ -76,7 +77,10 @@ class Parser(argparse.ArgumentParser):
     def add_device(self, precision: bool = True) -> None:
         self.add_argument("--device", default=None, help="torch device (default: cuda when available, else cpu)")
         if precision:
-            self.add_argument("--precision", choices=("32", "bf16", "16"), default="32", help="inference precision")
+            self.add_argument("--precision", choices=INFERENCE_PRECISIONS, default="32",
+                              help="inference precision: 32, bf16 (weights stored in bfloat16 once), 16 (autocast), "
+                                   "or auto: bf16 where the CPU or GPU multiplies bfloat16 natively, else 32 (it says "
+                                   "which)")
 
     def parse_with_model_args(self, argv: Sequence[str]) -> Tuple[argparse.Namespace, Dict[str, Any]]:
         """The options, and the model overrides written `name:type=value` anywhere among them."""

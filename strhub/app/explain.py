@@ -25,7 +25,7 @@ from strhub.app.common import Parser, count, list_images, reported
 from strhub.data.transforms import get_transform
 from strhub.evaluation.explain import explain
 from strhub.evaluation.figures import attention_figure, input_pixels, save_png
-from strhub.host import default_device, reuse_freed_memory
+from strhub.host import choose_precision, default_device, inference_precision, reuse_freed_memory
 from strhub.models.checkpoint import load_model
 
 
@@ -62,12 +62,13 @@ def main(argv: Optional[List[str]] = None) -> None:
                         help="attention maps only, or Grad-CAM too")
     parser.add_argument("--all_passes", action="store_true", help="draw every decoding pass, not just the last ones")
     parser.add_argument("--batch_size", type=count(1), default=1, help="images per forward pass")
-    parser.add_device(precision=False)
+    parser.add_device()
     args, kwargs = parser.parse_with_model_args(sys.argv[1:] if argv is None else argv)
     reuse_freed_memory()
     with reported(parser.prog):
         device = default_device(args.device)
         model = load_model(args.checkpoint, **kwargs).eval().to(device)
+    precision = choose_precision(args.precision, device)
     items = list(list_images(args.images))
     if not items:
         parser.error(f"no .png, .jpg or .jpeg image in {', '.join(args.images)}")
@@ -84,7 +85,8 @@ def main(argv: Optional[List[str]] = None) -> None:
         failed |= bool(errors)
         if loaded:
             images = torch.stack([tensor for _, _, tensor in loaded]).to(device)
-            explanations = explain(model, images, with_grad_cam=args.method == "gradcam")
+            with inference_precision(model, device, precision):
+                explanations = explain(model, images, with_grad_cam=args.method == "gradcam")
             for (name, source, tensor), explanation in zip(loaded, explanations):
                 path = output_path(args.out, name, source, taken)
                 path.parent.mkdir(parents=True, exist_ok=True)

@@ -23,7 +23,7 @@ from tqdm import tqdm
 
 from strhub.app.common import Parser, count, list_images, reported
 from strhub.data.transforms import get_transform
-from strhub.host import autocast_context, default_device, reuse_freed_memory
+from strhub.host import choose_precision, default_device, inference_precision, reuse_freed_memory
 from strhub.models.checkpoint import load_model
 
 EMPTY = "(empty)"  # how an empty prediction is printed
@@ -41,7 +41,7 @@ def read_batch(model: torch.nn.Module, transform: Callable, batch: List[Tuple[st
         except Exception as err:  # any unreadable file is reported, and the rest are still read
             records[-1]["error"] = f"{type(err).__name__}: {err}"
     if tensors:
-        with torch.inference_mode(), autocast_context(device, precision):
+        with torch.inference_mode(), inference_precision(model, device, precision):
             logits = model(torch.stack(tensors).to(device))
         texts, confidences = model.tokenizer.read(logits.float().softmax(-1))
         readable = [record for record in records if "error" not in record]
@@ -57,8 +57,9 @@ def onnx_reader(parser: Parser, args: argparse.Namespace, kwargs: Dict[str, Any]
     if kwargs:
         parser.error(f"--backend onnx: an export is fixed, so {', '.join(kwargs)} cannot be overridden; export the "
                      f"checkpoint with them (python export.py CHECKPOINT --out DIR {' '.join(kwargs)}...)")
-    if args.precision != "32":
-        parser.error("--backend onnx: --precision is the export's (python export.py ... --fp16 for float16)")
+    if args.precision not in ("32", "auto"):
+        parser.error("--backend onnx: --precision is the export's (python export.py ... --fp16 for float16, --int8 "
+                     "for an int8 image encoder)")
     try:
         return OnnxReader(args.checkpoint, device=args.device)
     except (ImportError, ValueError) as err:
@@ -93,6 +94,7 @@ def main(argv: Optional[List[str]] = None) -> None:
             model, device = onnx_reader(parser, args, kwargs), torch.device("cpu")  # ONNX Runtime takes host arrays
         else:
             model = load_model(args.checkpoint, **kwargs).eval().to(device)
+    precision = "32" if args.backend == "onnx" else choose_precision(args.precision, device)
     transform = model.transform if args.backend == "onnx" else get_transform(model.image_size)
     items = list(list_images(inputs))
     if not items:
@@ -100,7 +102,7 @@ def main(argv: Optional[List[str]] = None) -> None:
     records: List[Dict[str, Any]] = []
     progress = tqdm(total=len(items), unit="img", disable=not sys.stderr.isatty())
     for start in range(0, len(items), args.batch_size):
-        batch = read_batch(model, transform, items[start:start + args.batch_size], device, args.precision)
+        batch = read_batch(model, transform, items[start:start + args.batch_size], device, precision)
         for record in batch:
             if "error" in record:
                 tqdm.write(f"{record['file']}: error: {record['error']}", file=sys.stderr)

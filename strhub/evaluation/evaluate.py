@@ -23,7 +23,7 @@ from strhub.data.module import SceneTextDataModule
 from strhub.evaluation.failures import SampleLog
 from strhub.evaluation.groups import DEFAULT_PROTOCOL, BenchmarkGroup, label_lengths, select_groups
 from strhub.evaluation.reports import report_name, write_reports
-from strhub.host import autocast_context, default_device, worker_count
+from strhub.host import choose_precision, default_device, inference_precision, worker_count
 from strhub.models.checkpoint import read_checkpoint
 
 log = logging.getLogger(__name__)
@@ -139,7 +139,7 @@ def evaluate(model: torch.nn.Module, loaders: Dict[str, DataLoader], device: tor
             if batch is None:  # no image of the batch decoded
                 continue
             images, labels = batch
-            with autocast_context(device, precision):
+            with inference_precision(model, device, precision):
                 res = model.test_step((images.to(device), labels), batch_idx)
             if samples is not None:
                 samples.add(name, labels, res)
@@ -208,6 +208,7 @@ def evaluate_checkpoint(checkpoint: Path, data_root: Path, batch_size: int = 512
     ASCII and compared on lowercase alphanumerics, plus upper case (`cased`) and punctuation."""
     selection, test_groups = select_groups(protocol, new, groups, datasets)
     device = default_device(device)
+    precision = choose_precision(precision, device)
     num_workers = worker_count(4) if num_workers is None else num_workers
     read = read_checkpoint(checkpoint, model_kwargs, system=True)
     checkpoint = read.path

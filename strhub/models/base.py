@@ -8,6 +8,9 @@ import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
 from nltk import edit_distance
+from pytorch_lightning.plugins.precision import MixedPrecision, Precision
+from pytorch_lightning.plugins.precision.amp import _optimizer_handles_unscaling
+from pytorch_lightning.utilities.enums import GradClipAlgorithmType
 from torch import Tensor
 from torch.distributed.fsdp import FullyShardedDataParallel
 from torch.optim.lr_scheduler import OneCycleLR
@@ -213,9 +216,18 @@ class PLMSystem(CrossEntropySystem):
 
     def configure_gradient_clipping(self, optimizer: torch.optim.Optimizer, gradient_clip_val: Optional[float] = None,
                                     gradient_clip_algorithm: Optional[str] = None) -> None:
-        """Under FSDP, FSDP clips the norm over all the shards (Lightning's clipping refuses sharded gradients)."""
+        """Under FSDP, FSDP clips the norm over all the shards (Lightning's clipping refuses sharded gradients).
+        In mixed precision (bf16-mixed on a CPU, 16-mixed), Lightning refuses to clip for the fused AdamW, which would
+        unscale fp16's gradients inside its step: the gradient scaler (fp16's; bf16 has none) unscales them first,
+        and the step then knows they are."""
+        plugin = self.trainer.precision_plugin
         if gradient_clip_val and isinstance(self.trainer.model, FullyShardedDataParallel):
             self.trainer.model.clip_grad_norm_(gradient_clip_val)
+        elif gradient_clip_val and isinstance(plugin, MixedPrecision) and _optimizer_handles_unscaling(optimizer):
+            if plugin.scaler is not None:
+                plugin.scaler.unscale_(optimizer)
+            Precision.clip_gradients(plugin, optimizer, gradient_clip_val,
+                                     GradClipAlgorithmType(gradient_clip_algorithm or "norm"))
         else:
             self.clip_gradients(optimizer, gradient_clip_val, gradient_clip_algorithm)
 

@@ -158,9 +158,10 @@ class DecodeState:
                  content_kv: Optional[List[Tensor]] = None) -> None:
         key = memory_kv[0][0]
         batch, num_heads, _, head_dim = key.shape
-        self.memory_kv = memory_kv
+        dtype = step_attention_dtype(key)
+        self.memory_kv = [(key.to(dtype), value.to(dtype)) for key, value in memory_kv]
         if content_kv is None:
-            content_kv = [key.new_empty(batch, 2, num_heads, num_steps, head_dim) for _ in decoder.layers]
+            content_kv = [key.new_empty(batch, 2, num_heads, num_steps, head_dim, dtype=dtype) for _ in decoder.layers]
         self.content_kv = content_kv
         token_ids = torch.arange(decoder.text_embed.embedding.num_embeddings, device=key.device)
         self.embeddings = decoder.text_embed(token_ids)
@@ -188,6 +189,13 @@ class DecodeState:
         cache = self.content_kv[layer]
         cache[:, :, :, position] = key_value
         return (cache[:, 0, :, :position + 1], cache[:, 1, :, :position + 1]), None
+
+
+def step_attention_dtype(key: Tensor) -> torch.dtype:
+    """The dtype the greedy steps attend in, given keys `key`: float32 for bfloat16 ones on a CPU, where the
+    attention of one query is many times faster in float32 (bfloat16's kernel has large fixed costs); the
+    memory's keys and values are cast once per pass, the content cache is kept in it."""
+    return torch.float32 if key.dtype == torch.bfloat16 and key.device.type == "cpu" else key.dtype
 
 
 def _step_weights(layer: DecoderLayer) -> Tuple[Tensor, ...]:
@@ -229,8 +237,8 @@ class CharDecoder(nn.Module):
         """Logits (N, Q, C) for the queries (default: the first L position queries) given the context
         `tokens` (N, L), BOS first. Masks are additive (Q, L) / (L, L); `padding_mask` is (N, L)."""
         record_pass(self, greedy=False)
-        return record_logits(self, self.head(self.features(tokens, memory_kv, queries, query_mask, content_mask,
-                                                           padding_mask)))
+        features = self.features(tokens, memory_kv, queries, query_mask, content_mask, padding_mask)
+        return record_logits(self, self.head(features.to(self.head.weight.dtype)))
 
     def features(self, tokens: Tensor, memory_kv: List[KeyValue], queries: Optional[Tensor] = None,
                  query_mask: Optional[Tensor] = None, content_mask: Optional[Tensor] = None,
@@ -273,7 +281,8 @@ class CharDecoder(nn.Module):
                 content_q = _rows_to_heads(F.linear(content_norm, q_w, q_b), num_heads)
                 content = _stream_rows(layer, content, content_q, self_kv, memory_kv, cross_q_w, cross_q_b, self_mask)
             query = _stream_rows(layer, query, q, self_kv, memory_kv, cross_q_w, cross_q_b, self_mask, record=True)
-        return record_logits(self, F.linear(_layer_norm(self.norm, query), self.head.weight, self.head.bias))
+        features = _layer_norm(self.norm, query).to(self.head.weight.dtype)  # a float32 head: float32 logits
+        return record_logits(self, F.linear(features, self.head.weight, self.head.bias))
 
 
 class Decoder(CharDecoder):
@@ -361,10 +370,11 @@ def _attend_rows(attn: nn.MultiheadAttention, q: Tensor, kv: KeyValue, mask: Opt
                  record: bool = False) -> Tensor:
     """Attention of one query per sample (N, H, 1, D / H), projected out: (N, D); `mask` is additive.
     With `record`, its weights also go to the active recorder."""
+    q = q.to(kv[0].dtype)  # see `step_attention_dtype`
     out = F.scaled_dot_product_attention(q, kv[0], kv[1], attn_mask=mask)
     if record:
         record_weights(attn, q, kv[0], mask)
-    return F.linear(out.flatten(1), attn.out_proj.weight, attn.out_proj.bias)
+    return F.linear(out.flatten(1).to(attn.out_proj.weight.dtype), attn.out_proj.weight, attn.out_proj.bias)
 
 
 def _stream_rows(layer: DecoderLayer, x: Tensor, q: Tensor, self_kv: KeyValue, memory_kv: KeyValue,

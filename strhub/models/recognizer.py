@@ -19,6 +19,7 @@ from strhub.models.decoder import (
     refine,
 )
 from strhub.models.layout import lay_out_weights
+from strhub.models.precision import cast_weights, weights_dtype
 from strhub.tokenizer import CharsetAdapter, Tokenizer
 
 
@@ -70,6 +71,14 @@ class Recognizer(nn.Module):
         super().train(mode)
         if any([lay_out_weights(module, input_major=not mode) for module in self.few_row_modules()]):
             return_freed_memory()
+        return self
+
+    def cast_for_inference(self, dtype: torch.dtype = torch.bfloat16) -> "Recognizer":
+        """Stores the weights in `dtype` for inference, once (see `strhub.models.precision`; autocast would cast
+        them at every use); the images given to `forward` are cast to it. For inference only: training keeps
+        float32 weights."""
+        if weights_dtype(self) != dtype:
+            cast_weights(self, dtype)
         return self
 
     def num_steps(self, max_length: Optional[int] = None) -> int:

@@ -26,10 +26,21 @@ from typing import Any, Callable, Dict, List, Optional
 import torch
 
 from strhub.app.common import Parser, count
-from strhub.host import autocast_context, peak_memory, reset_peak_memory, reuse_freed_memory, synchronize, timed
+from strhub.host import (
+    INFERENCE_PRECISIONS,
+    autocast_context,
+    choose_precision,
+    inference_precision,
+    peak_memory,
+    reset_peak_memory,
+    reuse_freed_memory,
+    synchronize,
+    timed,
+)
 from strhub.models.checkpoint import load_model
 from strhub.models.recognizer import Recognizer
 from strhub.models.registry import build_random
+from strhub.rates import counted_flops, describe_rates, matmul_rates, precision_name
 from strhub.tokenizer import load_charset
 from strhub.training.measure import TrainingStep, run_in_fresh_process, training_labels
 
@@ -116,7 +127,9 @@ def measure(args: argparse.Namespace, task: str, batch: int) -> Dict[str, Any]:
     result: Dict[str, Any] = {"task": task, "batch": batch}
     if task == "inference":
         clock = model.encode = EncoderClock(model.encode, device)
-        with torch.inference_mode(), autocast_context(device, args.precision):
+        with torch.inference_mode(), inference_precision(model, device, args.precision):
+            result["encoder_flops"] = counted_flops(lambda: clock.encode(images))
+            result["flops"] = counted_flops(lambda: model(images))
             totals = timed(lambda: model(images), device, args.warmup, args.repeats)
         encoder = clock.seconds[-args.repeats:]
         result["seconds"] = statistics.median(totals)
@@ -133,6 +146,7 @@ def measure(args: argparse.Namespace, task: str, batch: int) -> Dict[str, Any]:
             memory.float().mean().backward()
             step.optimizer.zero_grad(set_to_none=True)
 
+        result["flops"], result["encoder_flops"] = counted_flops(step), counted_flops(encoder_step)
         result["seconds"] = statistics.median(timed(step, device, args.warmup, args.repeats))
         result["encoder_seconds"] = statistics.median(timed(encoder_step, device, args.warmup, args.repeats))
         result["after_encoder_seconds"] = result["seconds"] - result["encoder_seconds"]
@@ -140,11 +154,14 @@ def measure(args: argparse.Namespace, task: str, batch: int) -> Dict[str, Any]:
     return result
 
 
-def report(result: Dict[str, Any]) -> str:
+def report(result: Dict[str, Any], rate: float) -> str:
+    """A result's line; the arithmetic rates of the encoder and of the whole as fractions of the matmul `rate`."""
     seconds, encoder, rest = result["seconds"], result["encoder_seconds"], result["after_encoder_seconds"]
     return (f"{result['task']:<9} batch {result['batch']:>4}: {seconds * 1000:9.1f} ms "
             f"({result['batch'] / seconds:8.1f} img/s) | encoder {encoder * 1000:9.1f} ms "
+            f"({100 * result['encoder_flops'] / encoder / rate:4.1f}% of the matmul rate) "
             f"| after encoder {rest * 1000:8.1f} ms ({100 * rest / seconds:4.1f}%) "
+            f"| all {100 * result['flops'] / seconds / rate:4.1f}% of the matmul rate "
             f"| peak {result['peak_memory_mib']:8.0f} MiB")
 
 
@@ -154,7 +171,8 @@ def main(argv: Optional[List[str]] = None) -> None:
     parser.add_argument("--weights", help="checkpoint to load instead of random weights")
     parser.add_argument("--charset-file", help="train and test charset, one character per line (random weights only)")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--precision", default="32", choices=["32", "bf16", "16"])
+    parser.add_argument("--precision", default="32", choices=INFERENCE_PRECISIONS,
+                        help="inference: bf16 stores the weights in bfloat16 once, 16 autocasts; training autocasts")
     parser.add_argument("--batches", type=count(1), nargs="+", default=[1, 8], help="inference batch sizes")
     parser.add_argument("--train-batch", type=count(0), default=8, help="training batch size (0: skip)")
     parser.add_argument("--label-length", type=count(0), default=0,
@@ -177,6 +195,9 @@ def main(argv: Optional[List[str]] = None) -> None:
     if args.weights and not Path(args.weights).is_file():
         parser.error(f"--weights {args.weights}: no such file")
     args.label_lengths = dataset_label_lengths(args.lengths_from) if args.lengths_from else None
+    args.precision = choose_precision(args.precision, args.device)
+    torch.set_num_threads(args.threads or torch.get_num_threads())
+    rates = matmul_rates(args.device, ("32", "bf16", "int8") + (("16",) if args.precision == "16" else ()))
     try:
         results = [run_in_fresh_process(measure, args, "inference", batch) for batch in args.batches]
         if args.train_batch:
@@ -189,8 +210,11 @@ def main(argv: Optional[List[str]] = None) -> None:
           f"{', compiled encoder' if args.compile else ''}"
           f"{', checkpointed ' + ' and '.join(checkpointed) if checkpointed else ''}, "
           f"{torch.get_num_threads()} threads")
+    print(f"matmul rate ({torch.get_num_threads()} threads): {describe_rates(rates)}; the fractions below are of "
+          f"{precision_name(args.precision)}'s")
     for result in results:
-        print(report(result))
+        result["matmul_rates"] = rates
+        print(report(result, rates[args.precision]))
     if args.json:
         with open(args.json, "w") as file:
             json.dump(results, file, indent=2)
