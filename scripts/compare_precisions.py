@@ -15,12 +15,12 @@ from typing import Any, Callable, Dict, List, Tuple
 
 import torch
 
+from strhub.app.bench.rates import counted_flops, describe_rates, matmul_rates
 from strhub.data.dataset import LmdbDataset, find_lmdbs
 from strhub.data.transforms import get_transform
 from strhub.deploy.runtime import OnnxReader
 from strhub.host import reuse_freed_memory
 from strhub.models.checkpoint import load_model
-from strhub.rates import counted_flops, describe_rates, matmul_rates
 
 Run = Callable[[torch.Tensor], Tuple[torch.Tensor, float]]  # logits and the encoder's seconds
 

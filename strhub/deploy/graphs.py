@@ -20,7 +20,8 @@ import torch
 from torch import Tensor, nn
 
 from strhub.models.clip4str.model import CLIP4STR
-from strhub.models.decoder import CharDecoder, DecodeState, KeyValue, cloze_mask, parallel_decode, refine
+from strhub.models.decoder import CharDecoder, DecodeState, parallel_decode, refine
+from strhub.models.decoder_layers import KeyValue, cloze_mask
 from strhub.models.recognizer import PARSeqRecognizer, Recognizer
 
 

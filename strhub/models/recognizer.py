@@ -7,17 +7,8 @@ import torch
 from torch import Tensor, nn
 
 from strhub.host import return_freed_memory
-from strhub.models.decoder import (
-    CharDecoder,
-    DecoderStack,
-    KeyValue,
-    TokenEmbedding,
-    cloze_mask,
-    greedy_decode,
-    init_decoder_weights,
-    parallel_decode,
-    refine,
-)
+from strhub.models.decoder import CharDecoder, DecoderStack, greedy_decode, parallel_decode, refine
+from strhub.models.decoder_layers import KeyValue, TokenEmbedding, cloze_mask, init_decoder_weights
 from strhub.models.layout import lay_out_weights
 from strhub.models.precision import cast_weights, weights_dtype
 from strhub.tokenizer import CharsetAdapter, Tokenizer

@@ -14,7 +14,7 @@ from torch.multiprocessing.reductions import StorageWeakRef
 from torch.overrides import TorchFunctionMode
 from torch.utils._pytree import tree_flatten, tree_map
 
-from strhub.models.decoder import DecoderLayer
+from strhub.models.decoder_layers import DecoderLayer
 from strhub.training.measure import training_labels
 
 ENCODER, DECODER = "encoder", "decoder"

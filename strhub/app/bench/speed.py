@@ -25,6 +25,7 @@ from typing import Any, Callable, Dict, List, Optional
 
 import torch
 
+from strhub.app.bench.rates import counted_flops, describe_rates, matmul_rates, precision_name
 from strhub.app.common import Parser, count
 from strhub.host import (
     INFERENCE_PRECISIONS,
@@ -40,7 +41,6 @@ from strhub.host import (
 from strhub.models.checkpoint import load_model
 from strhub.models.recognizer import Recognizer
 from strhub.models.registry import build_random
-from strhub.rates import counted_flops, describe_rates, matmul_rates, precision_name
 from strhub.tokenizer import load_charset
 from strhub.training.measure import TrainingStep, run_in_fresh_process, training_labels
 

@@ -7,7 +7,8 @@ from torch import Tensor, nn
 
 from strhub.models.clip import arguments_from, clip_settings
 from strhub.models.clip_blocks import clip_token_grid, encode_image_tokens
-from strhub.models.decoder import Decoder, KeyValue, cloze_mask
+from strhub.models.decoder import Decoder
+from strhub.models.decoder_layers import KeyValue, cloze_mask
 from strhub.models.recognizer import Recognizer
 from strhub.models.state_dicts import count_blocks, sub_state_dict
 from strhub.models.towers import TextTower, create_text_tower

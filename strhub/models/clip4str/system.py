@@ -7,7 +7,7 @@ from torch import Tensor
 from strhub.models.base import PLMSystem, split_decay
 from strhub.models.clip import arch_to_config
 from strhub.models.clip4str.model import CLIP4STR
-from strhub.models.decoder import cloze_mask
+from strhub.models.decoder_layers import cloze_mask
 from strhub.models.plm import head_cross_entropy
 from strhub.models.towers import create_text_tower
 

@@ -7,7 +7,7 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Set, Tuple
 from timm.models.vision_transformer import VisionTransformer
 from torch import Tensor, nn
 
-from strhub.models.decoder import init_decoder_weights
+from strhub.models.decoder_layers import init_decoder_weights
 from strhub.models.recognizer import PARSeqRecognizer
 from strhub.models.state_dicts import count_blocks
 

@@ -14,7 +14,7 @@ from open_clip.transformer import LayerNorm, QuickGELU, ResidualAttentionBlock
 from torch import Tensor, nn
 
 from strhub.models.clip_blocks import ClipBlock, RunsResidualBlock
-from strhub.models.decoder import init_decoder_weights
+from strhub.models.decoder_layers import init_decoder_weights
 
 
 class Adapter(nn.Module):
