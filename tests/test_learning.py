@@ -15,7 +15,7 @@ from multiscript import SCRIPT_WORDS, WORDS, multiscript_charset, script_fonts, 
 from strhub.data.dataset import LmdbDataset
 from strhub.data.module import SceneTextDataModule
 from strhub.models.utils import create_model
-from strhub.tools import render_words
+from strhub.tools import render_words, typefaces
 
 IMAGES = 32
 BATCH = 16
@@ -48,7 +48,7 @@ def train_and_validate(model: pl.LightningModule, root: Path, steps: int = STEPS
 def test_small_config_memorises_rendered_words(experiment: str, tmp_path: Path) -> None:
     # strhub's own DejaVu Sans, not the machine's fonts, so that the images are the same everywhere
     render_words.main([str(tmp_path), "--train", str(IMAGES), "--val", "0", "--test", "0", "--charset", "36",
-                       "--format", "png", "--seed", "1", "--fonts", str(render_words.PACKAGED_FONTS / "DejaVuSans.ttf")])
+                       "--format", "png", "--seed", "1", "--fonts", str(typefaces.PACKAGED_FONTS / "DejaVuSans.ttf")])
     pl.seed_everything(0)
     model = create_model(experiment, lr=LR, batch_size=BATCH, dropout=0.0)
     initial = {name: p.detach().clone() for name, p in model.named_parameters() if p.requires_grad}
