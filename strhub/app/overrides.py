@@ -85,10 +85,13 @@ def check_job(config_name: str, overrides: Sequence[str]) -> None:
         return
     for override in parsed:  # Hydra fails on these with a traceback
         group = CONFIG_DIR / override.key_or_group
-        if group.is_dir() and override.package is None and not isinstance(override.value(), (str, type(None))):
+        value = override.value()
+        chosen = value if isinstance(value, list) else [value]  # a list picks several (logger=[tensorboard,mlflow])
+        if group.is_dir() and override.package is None and value is not None and not (
+                chosen and all(isinstance(item, str) for item in chosen)):
             names = sorted(path.stem for path in group.glob("*.yaml"))
             raise ConfigError(f"{override.input_line}: {override.key_or_group} is a config group: give one of its "
-                              f"names ({', '.join(names)})")
+                              f"names ({', '.join(names)}), or a list of them")
     try:
         typed = {override.key_or_group: override.input_line for override in parsed}
         config, missing = compose_leaving_out_missing(config_name, typed)
