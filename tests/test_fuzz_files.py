@@ -88,22 +88,11 @@ def test_an_lmdb_with_an_unusable_record_count_is_refused_naming_it(num_samples:
         LmdbDataset(tmp_path / "db", CHARSET_36, max_label_length=25)
 
 
-@pytest.fixture(scope="module")
-def tiny_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from strhub.models.utils import create_model
-
-    torch.manual_seed(0)
-    model = create_model("tiny")
-    path = tmp_path_factory.mktemp("checkpoint") / "tiny.ckpt"
-    torch.save({"state_dict": model.state_dict(), "hyper_parameters": dict(model.hparams)}, path)
-    return path
-
-
 @examples(2)
 @given(good=st.lists(st.sampled_from(sorted(GOOD_IMAGES)), min_size=2, max_size=5, unique=True),
        bad=st.lists(bad_image(), max_size=3))
 def test_read_py_reads_every_image_that_decodes_and_names_every_other(good: List[str], bad: List[bytes],
-                                                                       tiny_checkpoint: Path, tmp_path_factory,
+                                                                       checkpoint: Path, tmp_path_factory,
                                                                        monkeypatch, capsys) -> None:
     folder = tmp_path_factory.mktemp("images")
     names = []
@@ -116,7 +105,7 @@ def test_read_py_reads_every_image_that_decodes_and_names_every_other(good: List
     if not good and not bad:
         (folder / "good_rgb.png").write_bytes(GOOD_PNG)
         names.append("good_rgb.png")
-    outcome = run_script("read.py", [tiny_checkpoint, folder, "--batch_size", 3, "--device", "cpu"], monkeypatch,
+    outcome = run_script("read.py", [checkpoint, folder, "--batch_size", 3, "--device", "cpu"], monkeypatch,
                          capsys)
     assert outcome.status == (1 if bad else 0), outcome.err
     assert sorted(line.split(": ")[0] for line in outcome.out.splitlines()) == sorted(names)
@@ -169,11 +158,11 @@ def checkpoint_variants(good: Path, marker: Path) -> st.SearchStrategy:
 
 @examples(10)
 @given(data=st.data())
-def test_a_damaged_or_hostile_checkpoint_is_refused_naming_it(data: st.DataObject, tiny_checkpoint: Path,
+def test_a_damaged_or_hostile_checkpoint_is_refused_naming_it(data: st.DataObject, checkpoint: Path,
                                                               tmp_path_factory) -> None:
     folder = tmp_path_factory.mktemp("ckpt")
     marker = folder / "payload_ran"
-    content = data.draw(checkpoint_variants(tiny_checkpoint, marker))
+    content = data.draw(checkpoint_variants(checkpoint, marker))
     path = folder / "model.ckpt"
     path.write_bytes(content)
     try:
@@ -184,11 +173,11 @@ def test_a_damaged_or_hostile_checkpoint_is_refused_naming_it(data: st.DataObjec
 
 
 @pytest.mark.parametrize("key", ["model.clip_model.text_projection", "model.clip_model.ln_final.weight"])
-def test_a_checkpoint_missing_a_tensor_is_refused_naming_it(key: str, tiny_checkpoint: Path, tmp_path: Path) -> None:
+def test_a_checkpoint_missing_a_tensor_is_refused_naming_it(key: str, checkpoint: Path, tmp_path: Path) -> None:
     """Found by the property above (deep profile): a dropped tensor the architecture is read off."""
-    checkpoint = torch.load(tiny_checkpoint, weights_only=True)
-    del checkpoint["state_dict"][key]
+    saved = torch.load(checkpoint, weights_only=True)
+    del saved["state_dict"][key]
     path = tmp_path / "damaged.ckpt"
-    torch.save(checkpoint, path)
+    torch.save(saved, path)
     with pytest.raises(InvalidCheckpointError, match=rf"damaged\.ckpt lacks the tensor '{key.split('.', 2)[-1]}'"):
         load_model(path)
