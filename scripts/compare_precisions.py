@@ -133,7 +133,7 @@ def main() -> None:
     model = load_model(args.checkpoint).eval()
     bf16 = load_model(args.checkpoint).eval().cast_for_inference(torch.bfloat16)
     int8 = OnnxReader(args.export, device="cpu", threads=torch.get_num_threads())
-    float_export = OnnxReader(args.export, device="cpu", threads=torch.get_num_threads(), float_encoder=True)
+    float_export = OnnxReader(args.export, device="cpu", threads=torch.get_num_threads(), float_graphs=True)
     runs = {"fp32": torch_run(model), "bf16": torch_run(bf16), "int8 ONNX": onnx_run(int8),
             "fp32 ONNX": onnx_run(float_export)}
     print(f"{args.checkpoint} ({type(model).__name__}), {torch.get_num_threads()} threads")

@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 from typing import Dict, List, Sequence, Tuple
 
-import onnxruntime  # noqa: F401  (the onnx extra; CI installs it)
+import onnxruntime  # the onnx extra; CI installs it
 import pytest
 import torch
 from PIL import Image
@@ -110,6 +110,47 @@ def test_clip4str_fixture_reads_as_the_original(clip4str_files, reference, tmp_p
     images = _images(reference["image_names"], reader.image_size)
     _assert_reads_like_pytorch_and_original(reader, model, images, reference["test"][charset],
                                             f"CLIP4STR, charset {charset}")
+
+
+def test_a_greedy_step_reads_the_memory_keys_in_place(clip4str_files, tmp_path):
+    """The step graphs multiply the queries by the memory's keys as they come (ONNX Runtime takes them transposed):
+    no node of a step copies or rescales the whole memory at every step (a Transpose or a Mul of the keys), which
+    doubled the time of a step at batch 32."""
+    import onnx
+
+    model = load_model(clip4str_files["ckpt"]).eval()
+    export_onnx(model, tmp_path, opset=17, atol=LOGIT_ATOL)
+    for graph in ("step", "cross_step"):
+        options = onnxruntime.SessionOptions()
+        options.optimized_model_filepath = str(tmp_path / f"{graph}_as_run.onnx")
+        onnxruntime.InferenceSession(str(tmp_path / f"{graph}.onnx"), options, providers=["CPUExecutionProvider"])
+        nodes = onnx.load(options.optimized_model_filepath).graph.node
+        readers = {node.op_type for node in nodes if "memory_key_0" in node.input} - {"Shape"}
+        assert readers == {"FusedMatMul"}, f"{graph}: ONNX Runtime gives the memory keys to {readers}"
+
+
+def test_a_caption_that_a_refinement_pass_repeats_is_encoded_once(clip4str_files, tmp_path):
+    """The reader runs the caption graph on the first pass's captions, then only on the rows whose caption a later
+    pass changed; the other rows keep their memory, as a full run would give it."""
+    model = load_model(clip4str_files["ckpt"]).eval()
+    export_onnx(model, tmp_path, opset=17, atol=LOGIT_ATOL)
+    reader = OnnxReader(tmp_path, device="cpu")
+    images = _images(["00.png", "05.png", "11.png"], reader.image_size)
+    image_memory = {name: value for name, value in reader.run("encoder", {"images": images.numpy()}).items()
+                    if name.startswith("image_")}
+    first = torch.randn(3, 8, len(reader.tokenizer) - 2, generator=torch.Generator().manual_seed(0))
+    second = first.clone()
+    second[1, 0] = -second[1, 0]  # the second row reads another first character
+    rows = []
+    run = reader.run
+    reader.run = lambda graph, feeds: rows.append(len(feeds["caption_ids"])) or run(graph, feeds)
+    memories = reader._cross_memories(image_memory, [first, first.clone(), second])
+    assert rows == [3, 1]
+    assert memories[1] is memories[0]
+    full = run("caption", {"caption_ids": reader._caption_ids(second), **image_memory})
+    for name, value in full.items():
+        torch.testing.assert_close(torch.from_numpy(memories[2][name]), torch.from_numpy(value), atol=1e-6, rtol=0)
+        assert not torch.equal(torch.from_numpy(memories[2][name][1]), torch.from_numpy(memories[0][name][1]))
 
 
 @pytest.mark.parametrize("variant", FAMILY_VARIANTS)
@@ -224,9 +265,10 @@ def test_bench_onnx_times_both_backends_on_the_same_weights(monkeypatch, capsys)
         assert float(line.split("within")[1]) <= LOGIT_ATOL
 
 
-def test_int8_export_quantizes_the_encoder_and_the_reader_reads_it(clip4str_files, tmp_path, monkeypatch, capsys):
-    """export.py --int8: an int8 encoder calibrated on the images of --calibration, named by model.json, read by
-    OnnxReader (and read.py --backend onnx) with no option; `float_encoder=True` reads the float32 one."""
+def test_int8_export_quantizes_the_encoders_and_the_reader_reads_them(clip4str_files, tmp_path, monkeypatch, capsys):
+    """export.py --int8: an int8 image encoder calibrated on the images of --calibration and an int8 caption graph,
+    named by model.json, read by OnnxReader (and read.py --backend onnx) with no option; `float_graphs=True` reads
+    the float32 ones. The products of two activations (attention's) stay float32."""
     import onnx
 
     calibration = tmp_path / "calibration"
@@ -237,21 +279,32 @@ def test_int8_export_quantizes_the_encoder_and_the_reader_reads_it(clip4str_file
     status, stdout, stderr = _run("export.py", [clip4str_files["ckpt"], "--out", out, "--int8", "--calibration",
                                                 calibration], monkeypatch, capsys)
     assert status == 0, stderr
-    assert re.search(rf"encoder_int8\.onnx: int8 encoder, .* calibrated on {re.escape(str(calibration))}; it reads "
-                     r"[0-3] of 3 of them as PyTorch does in float32", stdout)
+    assert re.search(r"encoder_int8\.onnx: encoder, int8 \(static\), [0-9.]+ MiB", stdout)
+    assert re.search(r"caption_int8\.onnx: caption, int8 \(dynamic\), [0-9.]+ MiB", stdout)
+    assert re.search(rf"int8 calibrated on {re.escape(str(calibration))}: it reads [0-3] of 3 of them as PyTorch "
+                     r"does in float32", stdout)
     manifest = json.loads((out / "model.json").read_text())
     assert manifest["graphs"]["encoder"]["file"] == "encoder_int8.onnx"
-    assert manifest["quantized"] == {"encoder": "int8", "float_encoder": "encoder.onnx", "calibration": str(calibration),
-                                     "calibration_images": 3}
-    operators = {node.op_type for node in onnx.load(str(out / "encoder_int8.onnx")).graph.node}
-    assert {"QuantizeLinear", "DequantizeLinear"} <= operators
+    assert manifest["graphs"]["caption"]["file"] == "caption_int8.onnx"
+    assert manifest["quantized"] == {"graphs": {"encoder": "static", "caption": "dynamic"},
+                                     "float_files": {"encoder": "encoder.onnx", "caption": "caption.onnx"},
+                                     "calibration": str(calibration), "calibration_images": 3}
+    for graph, quantized_ops in (("encoder", {"QuantizeLinear", "DequantizeLinear"}),
+                                 ("caption", {"DynamicQuantizeLinear", "MatMulInteger"})):
+        nodes = onnx.load(str(out / f"{graph}_int8.onnx")).graph.node
+        assert quantized_ops <= {node.op_type for node in nodes}, graph
+        made_by = {output: node.op_type for node in nodes for output in node.output}
+        float_products = [node for node in nodes if node.op_type == "MatMul"
+                          and "DequantizeLinear" not in {made_by.get(name) for name in node.input}]
+        softmaxes = [node for node in nodes if node.op_type == "Softmax"]
+        assert softmaxes and len(float_products) == 2 * len(softmaxes), graph
     assert (out / "encoder_int8.onnx").stat().st_size < 0.5 * (out / "encoder.onnx").stat().st_size
 
     model = load_model(clip4str_files["ckpt"]).eval()
     images = _images(["00.png", "05.png", "11.png"], model.image_size)
     with torch.inference_mode():
         expected = model(images)
-    _assert_close(OnnxReader(out, device="cpu", float_encoder=True)(images), expected, "float32 encoder")
+    _assert_close(OnnxReader(out, device="cpu", float_graphs=True)(images), expected, "float32 graphs")
     int8 = OnnxReader(out, device="cpu")(images)
     assert int8.shape[0] == 3 and torch.isfinite(int8).all() and not torch.equal(int8[:, :1], expected[:, :1])
     status, stdout, stderr = _run("read.py", [out, calibration, "--backend", "onnx"], monkeypatch, capsys)

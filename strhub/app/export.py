@@ -8,8 +8,9 @@ export against PyTorch on random images before it says it is done. Defaults: con
 CHECKPOINT is a file or a run folder (its best checkpoint); `name:type=value` arguments override the model's
 hyper-parameters, as for read.py (e.g. refine_iters:int=2). --fp16 exports float16 weights and activations, checked
 against the float16 PyTorch model. --int8 adds an int8 image encoder (ONNX Runtime's static quantization,
-calibrated on the images of --calibration DIR or on words rendered with the model's charset), which the reader
-then uses; it says how many calibration images it reads as PyTorch does in float32. Needs the onnx extra:
+calibrated on the images of --calibration DIR or on words rendered with the model's charset) and, for CLIP4STR, an
+int8 text encoder (dynamic quantization), which the reader then uses; it says how many calibration images it reads
+as PyTorch does in float32. Needs the onnx extra:
 pip install -e ".[onnx]".
 """
 import io
@@ -23,7 +24,7 @@ from PIL import Image
 from strhub.app.common import Parser, list_images, reported
 from strhub.config import CONFIG_DIR
 from strhub.deploy.export import ExportError, check_opset, write_export
-from strhub.deploy.quantize import folder_images, quantize_encoder, same_strings
+from strhub.deploy.quantize import folder_images, quantize_export, same_strings
 from strhub.models.checkpoint import checkpoint_file, load_model
 
 
@@ -35,7 +36,7 @@ def main(argv: Optional[List[str]] = None) -> None:
     parser.add_argument("--opset", type=int, default=defaults.opset, help=f"ONNX opset (default {defaults.opset})")
     parser.add_argument("--fp16", action="store_true", help="float16 weights and activations")
     parser.add_argument("--int8", action="store_true",
-                        help="an int8 image encoder too (ONNX Runtime static quantization), which the reader uses")
+                        help="int8 image and text encoders too (ONNX Runtime quantization), which the reader uses")
     parser.add_argument("--calibration", type=Path, metavar="DIR",
                         help=f"--int8: calibrate on the first {defaults.calibration_images} images of DIR "
                              f"(default: as many words rendered with the model's charset)")
@@ -103,17 +104,18 @@ def calibration_paths(parser: Parser, folder: Path) -> List[Path]:
 
 
 def quantize(parser: Parser, model: Any, out: Path, calibration: Optional[List[Path]], count: int) -> None:
-    """Adds the int8 encoder to the export in `out` and says how many calibration images it reads as PyTorch does."""
+    """Adds the int8 graphs to the export in `out` and says how many calibration images it reads as PyTorch does."""
     try:
         images = folder_images(calibration, count) if calibration else rendered_images(model.tokenizer.charset, count)
     except ValueError as err:
         parser.error(str(err))
     source = str(calibration[0].parent) if calibration else f"{len(images)} rendered words"
-    manifest = quantize_encoder(out, images, source)
-    size = (out / manifest["graphs"]["encoder"]["file"]).stat().st_size / 2**20
+    manifest = quantize_export(out, images, source)
+    for graph, method in manifest["quantized"]["graphs"].items():
+        file = out / manifest["graphs"][graph]["file"]
+        print(f"{file}: {graph}, int8 ({method}), {file.stat().st_size / 2**20:.1f} MiB")
     same = same_strings(model, out, images)
-    print(f"{out / manifest['graphs']['encoder']['file']}: int8 encoder, {size:.1f} MiB, calibrated on {source}; "
-          f"it reads {same} of {len(images)} of them as PyTorch does in float32")
+    print(f"int8 calibrated on {source}: it reads {same} of {len(images)} of them as PyTorch does in float32")
 
 
 if __name__ == "__main__":

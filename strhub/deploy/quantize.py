@@ -1,10 +1,11 @@
-"""An int8 image encoder for an ONNX export: ONNX Runtime's static quantization of the encoder graph.
+"""int8 graphs for an ONNX export: ONNX Runtime's quantization of the image encoder and of CLIP4STR's caption graph.
 
-The weights of its matrix products and of the patch convolution are quantized per output channel (int8), their
-inputs per tensor (uint8) with ranges calibrated on a few images: the user's, or words rendered with the model's
-charset (`strhub.app.export` renders them). The products of two activations (attention) stay float32, as do the
-decoding graphs, whose few rows per step gain nothing. The quantized graph is written beside the float32 one, and
-the manifest names it, so `OnnxReader` reads the export as before.
+The weights of their matrix products (and of the patch convolution) are quantized per output channel (int8). The
+image encoder's inputs to them are quantized per tensor (uint8) with ranges calibrated on a few images: the user's,
+or words rendered with the model's charset (`strhub.app.export` renders them). The caption graph's are quantized
+dynamically (their ranges measured at each run). The products of two activations (attention) stay float32, as do
+the decoding graphs, whose few rows per step gain little. The quantized graphs are written beside the float32 ones,
+and the manifest names them, so `OnnxReader` reads the export as before.
 """
 import json
 import tempfile
@@ -17,7 +18,8 @@ from PIL import Image
 from strhub.data.transforms import get_transform
 from strhub.deploy.runtime import MANIFEST, read_manifest
 
-INT8_ENCODER = "encoder_int8.onnx"
+INT8_FILES = {"encoder": "encoder_int8.onnx", "caption": "caption_int8.onnx"}
+QUANTIZATION = {"encoder": "static", "caption": "dynamic"}
 CALIBRATION_BATCH = 8
 
 
@@ -44,30 +46,69 @@ class CalibrationReader:
         return None if batch is None else {"images": batch}
 
 
-def quantize_encoder(export: Path, images: List[Image.Image], source: str) -> Dict[str, Any]:
-    """Writes the int8 encoder of the export in `export`, calibrated on `images`, and points its manifest at it
-    (recording `source`, where the calibration images came from); returns the manifest."""
-    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
-    from onnxruntime.quantization.shape_inference import quant_pre_process
+def products_of_activations(graph: Path) -> List[str]:
+    """The matrix products of a graph whose second factor is not a weight (attention's): they stay float32, which
+    ONNX Runtime's QDQ quantizer would not do on its own (it ignores `MatMulConstBOnly`)."""
+    import onnx
+
+    model = onnx.load(str(graph), load_external_data=False)
+    weights = {tensor.name for tensor in model.graph.initializer}
+    return [node.name for node in model.graph.node if node.op_type == "MatMul" and node.input[1] not in weights]
+
+
+def quantize_export(export: Path, images: List[Image.Image], source: str) -> Dict[str, Any]:
+    """Writes the int8 graphs of the export in `export` and points its manifest at them; returns the manifest. The
+    image encoder is quantized statically, calibrated on `images` (`source` says where they came from); CLIP4STR's
+    caption graph (its text encoder) dynamically: its activations' ranges are measured at each run, as captions
+    are what a calibration set cannot foresee."""
+    from onnxruntime.quantization import (
+        CalibrationMethod,
+        QuantFormat,
+        QuantType,
+        quantize_dynamic,
+        quantize_static,
+    )
 
     folder, manifest = read_manifest(export)
     transform = get_transform(tuple(manifest["image_size"]), mean=manifest["mean"], std=manifest["std"])
     tensors = np.stack([transform(image).numpy() for image in images]).astype(np.float32)
     batches = [tensors[start:start + CALIBRATION_BATCH] for start in range(0, len(tensors), CALIBRATION_BATCH)]
-    float_encoder = folder / manifest.get("quantized", {}).get("float_encoder", manifest["graphs"]["encoder"]["file"])
+    float_files = float_graph_files(manifest)
     with tempfile.TemporaryDirectory() as scratch:
-        prepared = Path(scratch) / "encoder.onnx"
-        quant_pre_process(str(float_encoder), str(prepared), skip_symbolic_shape=True)
-        quantize_static(str(prepared), str(folder / INT8_ENCODER), CalibrationReader(batches),
+        prepared = prepare(folder / float_files["encoder"], Path(scratch))
+        quantize_static(str(prepared), str(folder / INT8_FILES["encoder"]), CalibrationReader(batches),
                         quant_format=QuantFormat.QDQ, op_types_to_quantize=["MatMul", "Gemm", "Conv"],
                         per_channel=True, activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
                         calibrate_method=CalibrationMethod.MinMax,
-                        extra_options={"MatMulConstBOnly": True})
-    manifest["graphs"]["encoder"]["file"] = INT8_ENCODER
-    manifest["quantized"] = {"encoder": "int8", "float_encoder": float_encoder.name, "calibration": source,
+                        nodes_to_exclude=products_of_activations(prepared))
+        if "caption" in manifest["graphs"]:
+            prepared = prepare(folder / float_files["caption"], Path(scratch))
+            quantize_dynamic(str(prepared), str(folder / INT8_FILES["caption"]), per_channel=True,
+                             weight_type=QuantType.QInt8, op_types_to_quantize=["MatMul", "Gemm"],
+                             nodes_to_exclude=products_of_activations(prepared))
+    methods = {graph: QUANTIZATION[graph] for graph in float_files}
+    manifest["quantized"] = {"graphs": methods, "float_files": float_files, "calibration": source,
                              "calibration_images": len(images)}
+    for graph in float_files:
+        manifest["graphs"][graph]["file"] = INT8_FILES[graph]
     (folder / MANIFEST).write_text(json.dumps(manifest, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
     return manifest
+
+
+def float_graph_files(manifest: Dict[str, Any]) -> Dict[str, str]:
+    """The float32 files of the graphs that `--int8` quantizes, whether the export is quantized already or not."""
+    quantized = manifest.get("quantized", {})
+    return {graph: quantized.get("float_files", {}).get(graph, spec["file"])
+            for graph, spec in manifest["graphs"].items() if graph in INT8_FILES}
+
+
+def prepare(graph: Path, scratch: Path) -> Path:
+    """ONNX Runtime's pre-processing before quantization (shape inference, graph optimisation) into `scratch`."""
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    prepared = scratch / graph.name
+    quant_pre_process(str(graph), str(prepared), skip_symbolic_shape=True)
+    return prepared
 
 
 def same_strings(model: Any, export: Path, images: List[Image.Image]) -> int:

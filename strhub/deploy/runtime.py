@@ -129,11 +129,11 @@ class OnnxReader:
     their confidences (the product of the character and EOS probabilities); `reader(images)` gives the
     logits (N, L, C) of a normalised batch (N, 3, H, W), as the PyTorch model's `forward` does in test
     mode. `device`: `cpu`, `cuda`, or None (CUDA when available); `threads`: ONNX Runtime's intra-op
-    threads (0: its default); `float_encoder`: an export with an int8 encoder (`export.py --int8`) is read with
-    its float32 one instead."""
+    threads (0: its default); `float_graphs`: an export with int8 graphs (`export.py --int8`) is read with its
+    float32 ones instead."""
 
     def __init__(self, path: Union[str, Path], device: Union[str, None] = None, threads: int = 0,
-                 float_encoder: bool = False) -> None:
+                 float_graphs: bool = False) -> None:
         try:
             import onnxruntime
         except ImportError:
@@ -142,8 +142,8 @@ class OnnxReader:
         config = self.config
         providers = providers_for(device)
         files = {name: spec["file"] for name, spec in config["graphs"].items()}
-        if float_encoder and config.get("quantized"):
-            files["encoder"] = config["quantized"]["float_encoder"]
+        if float_graphs:
+            files.update(config.get("quantized", {}).get("float_files", {}))
         self.sessions = {name: onnxruntime.InferenceSession(str(self.folder / file), graph_options(name, threads),
                                                             providers=providers)
                          for name, file in files.items()}
@@ -185,9 +185,7 @@ class OnnxReader:
             passes.append(self._refine("", memory, passes[-1]))
         if "caption" not in config["graphs"]:
             return passes[-1]
-        image_memory = _select(encoded, "image_")
-        cross_memories = [self.run("caption", {"caption_ids": self._caption_ids(logits), **image_memory})
-                          for logits in passes]
+        cross_memories = self._cross_memories(_select(encoded, "image_"), passes)
         cross_steps = logits.shape[1] if config["decode_ar"] else num_steps
         cross_logits = self._first_pass("cross_", cross_memories[0], tokens, cross_steps, stop_early=False)
         for cross_memory in cross_memories[1:]:
@@ -222,6 +220,24 @@ class OnnxReader:
     def _refine(self, prefix: str, memory: Arrays, logits: Tensor) -> Tensor:
         feeds = {"previous_logits": np.ascontiguousarray(logits.numpy()), **memory}
         return torch.from_numpy(self.run(f"{prefix}refine", feeds)["logits"])
+
+    def _cross_memories(self, image_memory: Arrays, passes: List[Tensor]) -> List[Arrays]:
+        """The cross decoder's memory for each visual pass. A sample whose caption is the previous pass's keeps its
+        rows (as `CLIP4STR.caption_kv` encodes each distinct caption once)."""
+        caption_ids = self._caption_ids(passes[0])
+        memories = [self.run("caption", {"caption_ids": caption_ids, **image_memory})]
+        for logits in passes[1:]:
+            previous_ids, caption_ids = caption_ids, self._caption_ids(logits)
+            changed = np.flatnonzero((caption_ids != previous_ids).any(axis=1))
+            memory = memories[-1]
+            if len(changed):
+                rows = self.run("caption", {"caption_ids": caption_ids[changed],
+                                            **{name: value[changed] for name, value in image_memory.items()}})
+                memory = {name: value.copy() for name, value in memory.items()}
+                for name, value in memory.items():
+                    value[changed] = rows[name]
+            memories.append(memory)
+        return memories
 
     def _caption_ids(self, logits: Tensor) -> np.ndarray:
         """CLIP token ids of the captions that a pass's logits spell (as `CLIP4STR.caption_kv`)."""

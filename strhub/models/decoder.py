@@ -27,6 +27,7 @@ from strhub.models.decoder_layers import (
     merge_masks,
     project_kv,
     project_q,
+    scaled_dot_product,
 )
 from strhub.models.recompute import maybe_checkpoint
 from strhub.models.recording import record_logits, record_memory, record_pass, record_weights
@@ -259,7 +260,7 @@ def _attend_rows(attn: nn.MultiheadAttention, q: Tensor, kv: KeyValue, mask: Opt
     """Attention of one query per sample (N, H, 1, D / H), projected out: (N, D); `mask` is additive.
     With `record`, its weights also go to the active recorder."""
     q = q.to(kv[0].dtype)  # see `step_attention_dtype`
-    out = F.scaled_dot_product_attention(q, kv[0], kv[1], attn_mask=mask)
+    out = scaled_dot_product(q, kv[0], kv[1], mask)
     if record:
         record_weights(attn, q, kv[0], mask)
     return F.linear(out.flatten(1).to(attn.out_proj.weight.dtype), attn.out_proj.weight, attn.out_proj.bias)

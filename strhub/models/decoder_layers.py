@@ -38,10 +38,21 @@ def attend(attn: nn.MultiheadAttention, q: Tensor, kv: KeyValue, mask: Optional[
     """Multi-head attention of projected queries (N, H, L, D / H) over projected keys and values;
     `mask` is additive. With `record`, its weights also go to the active recorder."""
     dropout = attn.dropout if attn.training else 0.0
-    out = F.scaled_dot_product_attention(q, kv[0], kv[1], attn_mask=mask, dropout_p=dropout)
+    out = scaled_dot_product(q, kv[0], kv[1], mask, dropout)
     if record:
         record_weights(attn, q, kv[0], mask)
     return attn.out_proj(out.transpose(1, 2).flatten(2))
+
+
+def scaled_dot_product(q: Tensor, key: Tensor, value: Tensor, mask: Optional[Tensor] = None,
+                       dropout: float = 0.0) -> Tensor:
+    """`scaled_dot_product_attention`, written out in an ONNX export: ONNX's decomposition of it scales and
+    transposes every key at each run, a copy of the whole memory at every greedy step; scaling the queries instead
+    lets ONNX Runtime read the keys in place (its MatMul takes them transposed)."""
+    if not torch.onnx.is_in_onnx_export():
+        return F.scaled_dot_product_attention(q, key, value, attn_mask=mask, dropout_p=dropout)
+    scores = (q * q.shape[-1] ** -0.5) @ key.transpose(-2, -1)
+    return (scores if mask is None else scores + mask).softmax(-1) @ value
 
 
 def merge_masks(attn_mask: Optional[Tensor], padding_mask: Optional[Tensor]) -> Optional[Tensor]:
