@@ -1,8 +1,10 @@
 """fp32, bf16 and int8 side by side on a CPU, in one process: images per second at each batch size (the three
 interleaved, round after round, so that a busy machine slows them alike), the image encoder's share of the
 machine's measured matmul rate in its precision, and how many strings bf16 and int8 read as fp32 does on LMDB
-test sets. fp32 and bf16 run the checkpoint in PyTorch (bf16: `Recognizer.cast_for_inference`), int8 its export
-with an int8 encoder on ONNX Runtime (`export.py --int8`), whose float32 graphs (fp32 ONNX) are timed too.
+test sets (with, for CLIP4STR, `int8 image`: the int8 image encoder with the float32 caption graph, and fp32 ONNX,
+which checks the export). fp32 and bf16 run the checkpoint in PyTorch (bf16: `Recognizer.cast_for_inference`),
+int8 its export with its int8 graphs on ONNX Runtime (`export.py --int8`), whose float32 graphs (fp32 ONNX) are
+timed too.
 
     python export.py CHECKPOINT --out EXPORT --int8
     python scripts/compare_precisions.py CHECKPOINT EXPORT --batches 1 8 32 --agreement ../shared/data/real/test
@@ -120,7 +122,7 @@ def agreement(runs: Dict[str, Run], decode: Callable[[torch.Tensor], List[str]],
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("checkpoint", type=Path)
-    parser.add_argument("export", type=Path, help="its ONNX export with an int8 encoder (export.py --int8)")
+    parser.add_argument("export", type=Path, help="its ONNX export with int8 graphs (export.py --int8)")
     parser.add_argument("--batches", type=int, nargs="*", default=[1, 8, 32])
     parser.add_argument("--rounds", type=int, default=3, help="timed rounds after one warm-up round")
     parser.add_argument("--threads", type=int, default=0, help="torch's and ONNX Runtime's threads (0: torch's)")
@@ -144,7 +146,9 @@ def main() -> None:
         speed(runs, {"fp32": "32", "bf16": "bf16", "int8 ONNX": "int8", "fp32 ONNX": "32"}, model.image_size,
               args.batches, args.rounds, encoder_flops)
     if args.agreement:
-        del runs["fp32 ONNX"]
+        if "caption" in int8.config.get("quantized", {}).get("graphs", {}):
+            runs["int8 image"] = onnx_run(OnnxReader(args.export, device="cpu", threads=torch.get_num_threads(),
+                                                     float_graphs=["caption"]))
         agreement(runs, lambda logits: model.tokenizer.decode(logits.softmax(-1))[0], args.agreement,
                   model.image_size, args.agreement_batch, args.limit)
 

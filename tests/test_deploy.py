@@ -305,6 +305,8 @@ def test_int8_export_quantizes_the_encoders_and_the_reader_reads_them(clip4str_f
     with torch.inference_mode():
         expected = model(images)
     _assert_close(OnnxReader(out, device="cpu", float_graphs=True)(images), expected, "float32 graphs")
+    files = OnnxReader(out, device="cpu", float_graphs=["caption"]).files
+    assert (files["encoder"], files["caption"]) == ("encoder_int8.onnx", "caption.onnx")
     int8 = OnnxReader(out, device="cpu")(images)
     assert int8.shape[0] == 3 and torch.isfinite(int8).all() and not torch.equal(int8[:, :1], expected[:, :1])
     status, stdout, stderr = _run("read.py", [out, calibration, "--backend", "onnx"], monkeypatch, capsys)

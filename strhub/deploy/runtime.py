@@ -130,10 +130,10 @@ class OnnxReader:
     logits (N, L, C) of a normalised batch (N, 3, H, W), as the PyTorch model's `forward` does in test
     mode. `device`: `cpu`, `cuda`, or None (CUDA when available); `threads`: ONNX Runtime's intra-op
     threads (0: its default); `float_graphs`: an export with int8 graphs (`export.py --int8`) is read with its
-    float32 ones instead."""
+    float32 ones instead (True: all of them; or the names of those to read in float32, e.g. `["caption"]`)."""
 
     def __init__(self, path: Union[str, Path], device: Union[str, None] = None, threads: int = 0,
-                 float_graphs: bool = False) -> None:
+                 float_graphs: Union[bool, Sequence[str]] = False) -> None:
         try:
             import onnxruntime
         except ImportError:
@@ -142,8 +142,10 @@ class OnnxReader:
         config = self.config
         providers = providers_for(device)
         files = {name: spec["file"] for name, spec in config["graphs"].items()}
-        if float_graphs:
-            files.update(config.get("quantized", {}).get("float_files", {}))
+        float_files = config.get("quantized", {}).get("float_files", {})
+        files.update({name: float_files[name] for name in (float_files if float_graphs is True else float_graphs or ())
+                      if name in float_files})
+        self.files = files  # the graph file each session runs
         self.sessions = {name: onnxruntime.InferenceSession(str(self.folder / file), graph_options(name, threads),
                                                             providers=providers)
                          for name, file in files.items()}
