@@ -3,6 +3,7 @@ and every trainable tensor has moved; CLIP4STR's and PARSeq's do so with words i
 3,888 characters, 3,755 of them Chinese. They train without dropout, which memorising needs no defence against, and
 take 20 to 50 s of CPU per family and test on an idle 2-core machine, with the one torch thread that conftest.py
 sets, so that a busy machine slows them in proportion to its load."""
+import copy
 import shutil
 from pathlib import Path
 from typing import Dict
@@ -14,6 +15,7 @@ from multiscript import SCRIPT_WORDS, WORDS, multiscript_charset, script_fonts, 
 
 from strhub.data.dataset import LmdbDataset
 from strhub.data.module import SceneTextDataModule
+from strhub.data.transforms import get_transform
 from strhub.models.utils import create_model
 from strhub.tools import render_words, typefaces
 
@@ -59,6 +61,31 @@ def test_small_config_memorises_rendered_words(experiment: str, tmp_path: Path) 
     if experiment == "tiny":
         assert any(name.startswith("model.clip_model.transformer.") for name in initial)  # the text tower trains too
     assert metrics["val_accuracy"] >= 95, metrics
+    if experiment == "tiny":
+        assert_low_precisions_read_as_float32(model.model.eval(), tmp_path)
+
+
+def assert_low_precisions_read_as_float32(model: torch.nn.Module, root: Path) -> None:
+    """A model that reads (its training words): bfloat16 with the weights cast once, and its int8 ONNX export
+    (`export.py --int8`: calibrated on rendered words), read those images as float32 does (the issue's target is
+    99.5 %: here all 32 in bf16, at least 31 of 32 in int8, whose kernels differ from CPU to CPU)."""
+    from strhub.app.export import rendered_images
+    from strhub.deploy import OnnxReader
+    from strhub.deploy.export import export_onnx
+    from strhub.deploy.quantize import quantize_export
+
+    dataset = LmdbDataset(root / "train" / "synth", model.tokenizer.charset, 25,
+                          transform=get_transform(model.image_size))
+    images = torch.stack([image for image, _ in dataset])
+    with torch.inference_mode():
+        expected = model.tokenizer.decode(model(images).softmax(-1))[0]
+        bf16 = copy.deepcopy(model).cast_for_inference(torch.bfloat16)
+        assert model.tokenizer.decode(bf16(images).float().softmax(-1))[0] == expected
+    export_onnx(model, root / "export", opset=17, atol=1e-4)
+    quantize_export(root / "export", rendered_images(model.tokenizer.charset, 32), "rendered words")
+    int8 = OnnxReader(root / "export", device="cpu")(images)
+    same = sum(a == b for a, b in zip(model.tokenizer.decode(int8.softmax(-1))[0], expected))
+    assert same >= len(expected) - 1, f"int8 reads {same} of {len(expected)} as float32"
 
 
 def test_tiny_memorises_rendered_words_in_bf16_mixed(tmp_path: Path) -> None:

@@ -59,7 +59,7 @@ def onnx_reader(parser: Parser, args: argparse.Namespace, kwargs: Dict[str, Any]
                      f"checkpoint with them (python export.py CHECKPOINT --out DIR {' '.join(kwargs)}...)")
     if args.precision not in ("32", "auto"):
         parser.error("--backend onnx: --precision is the export's (python export.py ... --fp16 for float16, --int8 "
-                     "for an int8 image encoder)")
+                     "for int8 encoders)")
     try:
         return OnnxReader(args.checkpoint, device=args.device)
     except (ImportError, ValueError) as err:
