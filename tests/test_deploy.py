@@ -268,7 +268,8 @@ def test_bench_onnx_times_both_backends_on_the_same_weights(monkeypatch, capsys)
 def test_int8_export_quantizes_the_encoders_and_the_reader_reads_them(clip4str_files, tmp_path, monkeypatch, capsys):
     """export.py --int8: an int8 image encoder calibrated on the images of --calibration and an int8 caption graph,
     named by model.json, read by OnnxReader (and read.py --backend onnx) with no option; `float_graphs=True` reads
-    the float32 ones. The products of two activations (attention's) stay float32."""
+    the float32 ones. The products of two activations (attention's) stay float32, as do those after the last layer
+    norm (the projections of the output)."""
     import onnx
 
     calibration = tmp_path / "calibration"
@@ -297,7 +298,10 @@ def test_int8_export_quantizes_the_encoders_and_the_reader_reads_them(clip4str_f
         float_products = [node for node in nodes if node.op_type == "MatMul"
                           and "DequantizeLinear" not in {made_by.get(name) for name in node.input}]
         softmaxes = [node for node in nodes if node.op_type == "Softmax"]
-        assert softmaxes and len(float_products) == 2 * len(softmaxes), graph
+        last_norm = max(index for index, node in enumerate(nodes) if node.op_type == "LayerNormalization")
+        tail = [node for node in list(nodes)[last_norm:] if node.op_type == "MatMul"]  # the output's projections
+        assert softmaxes and tail and len(float_products) == 2 * len(softmaxes) + len(tail), graph
+        assert {node.name for node in tail} <= {node.name for node in float_products}, graph
     assert (out / "encoder_int8.onnx").stat().st_size < 0.5 * (out / "encoder.onnx").stat().st_size
 
     model = load_model(clip4str_files["ckpt"]).eval()
