@@ -97,26 +97,39 @@ def speed(runs: Dict[str, Run], precisions: Dict[str, str], image_size: Tuple[in
               f"{achieved / 1e9:11.1f} {100 * achieved / rates[precisions[name]]:8.1f}%")
 
 
-def agreement(runs: Dict[str, Run], decode: Callable[[torch.Tensor], List[str]], root: Path, image_size: Any,
-              batch: int, limit: int) -> None:
-    transform = get_transform(image_size)
-    print(f"{'test set':<12} {'images':>6} " + " ".join(f"{name + ' = fp32':>13}" for name in runs if name != "fp32"))
-    totals = {name: 0 for name in runs}
+def agreement(runs: Dict[str, Run], model: Any, root: Path, batch: int, limit: int) -> None:
+    """For each LMDB test set (labels filtered as test.py does): how many strings each variant reads as fp32 does,
+    of all images and of those that fp32 reads right (where a model reads, not where it guesses between near ties)."""
+    transform = get_transform(model.image_size)
+    variants = [name for name in runs if name != "fp32"]
+    print(f"{'test set':<12} {'images':>6} {'fp32 right':>10} " + " ".join(f"{name + ' = fp32 (of right)':>29}"
+                                                                       for name in variants))
+    totals: Dict[str, List[int]] = {name: [0, 0] for name in ["images", "right", *variants]}
     for lmdb in find_lmdbs(root):
-        dataset = LmdbDataset(lmdb, "", 1000, unlabelled=True, transform=transform)
+        dataset = LmdbDataset(lmdb, model.charset_adapter.charset, model.max_label_length, transform=transform)
         count = min(len(dataset), limit) if limit else len(dataset)
-        same = {name: 0 for name in runs}
+        same = {name: [0, 0] for name in variants}
+        images = right = 0
         for start in range(0, count, batch):
-            items = [dataset[i] for i in range(start, min(start + batch, count))]
-            images = torch.stack([image for image, _ in filter(None, items)])
-            strings = {name: decode(run(images)[0]) for name, run in runs.items()}
-            for name in runs:
-                same[name] += sum(a == b for a, b in zip(strings[name], strings["fp32"]))
-        totals = {name: totals[name] + same[name] for name in runs}
-        print(f"{lmdb.name:<12} {same['fp32']:>6} " + " ".join(
-            f"{100 * same[name] / same['fp32']:12.2f}%" for name in runs if name != "fp32"))
-    print(f"{'all':<12} {totals['fp32']:>6} " + " ".join(
-        f"{100 * totals[name] / totals['fp32']:12.2f}%" for name in runs if name != "fp32"))
+            items = [item for item in (dataset[i] for i in range(start, min(start + batch, count))) if item]
+            strings = {name: model.tokenizer.decode(run(torch.stack([image for image, _ in items]))[0].softmax(-1))[0]
+                       for name, run in runs.items()}
+            reads_right = [model.charset_adapter(text) == label for text, (_, label) in zip(strings["fp32"], items)]
+            images, right = images + len(items), right + sum(reads_right)
+            for name in variants:
+                agrees = [a == b for a, b in zip(strings[name], strings["fp32"])]
+                same[name][0] += sum(agrees)
+                same[name][1] += sum(a and r for a, r in zip(agrees, reads_right))
+        for name, (all_same, right_same) in [("images", (images, 0)), ("right", (right, 0)), *same.items()]:
+            totals[name] = [totals[name][0] + all_same, totals[name][1] + right_same]
+        _agreement_row(lmdb.name, images, right, same)
+    _agreement_row("all", totals["images"][0], totals["right"][0], {name: totals[name] for name in variants})
+
+
+def _agreement_row(name: str, images: int, right: int, same: Dict[str, List[int]]) -> None:
+    print(f"{name:<12} {images:>6} {right:>10} " + " ".join(
+        f"{100 * all_same / max(images, 1):12.2f}% ({100 * right_same / max(right, 1):6.2f}% of {right:>5})"
+        for all_same, right_same in same.values()))
 
 
 def main() -> None:
@@ -149,8 +162,7 @@ def main() -> None:
         if "caption" in int8.config.get("quantized", {}).get("graphs", {}):
             runs["int8 image"] = onnx_run(OnnxReader(args.export, device="cpu", threads=torch.get_num_threads(),
                                                      float_graphs=["caption"]))
-        agreement(runs, lambda logits: model.tokenizer.decode(logits.softmax(-1))[0], args.agreement,
-                  model.image_size, args.agreement_batch, args.limit)
+        agreement(runs, model, args.agreement, args.agreement_batch, args.limit)
 
 
 if __name__ == "__main__":

@@ -354,3 +354,33 @@ def test_a_failed_export_leaves_nothing_and_keeps_the_previous_one(clip4str_file
     status, _, stderr = _run("export.py", [clip4str_files["ckpt"], "--out", tmp_path / "notes"], monkeypatch, capsys)
     assert status == 1 and "notes holds other files than a previous export" in stderr
     assert (tmp_path / "notes" / "todo.txt").read_text() == "mine"
+
+
+def test_compare_precisions_times_and_compares_the_four_variants(checkpoint, real_root, tmp_path):
+    """scripts/compare_precisions.py: the speed table (fp32, bf16, int8 ONNX, fp32 ONNX) and the agreement with
+    fp32 on LMDB test sets, in which the float32 export reads every string as PyTorch does."""
+    import subprocess
+
+    from strhub.app.export import rendered_images
+    from strhub.deploy.quantize import quantize_export
+
+    model = load_model(checkpoint).eval()
+    export_onnx(model, tmp_path, opset=17, atol=LOGIT_ATOL)
+    quantize_export(tmp_path, rendered_images(model.tokenizer.charset, 4), "4 rendered words")
+    result = subprocess.run([sys.executable, str(REPO / "scripts" / "compare_precisions.py"), str(checkpoint),
+                             str(tmp_path), "--batches", "1", "--rounds", "1", "--threads", "1", "--agreement",
+                             str(real_root / "test"), "--limit", "6"], capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert re.search(r"matmul rate \(best of every round\): fp32 \d+ GFLOP/s, bf16 \d+ GFLOP/s, int8 \d+ GOP/s",
+                     result.stdout)
+    for variant in ("fp32", "bf16", "int8 ONNX", "fp32 ONNX"):
+        assert any(re.match(rf"\s+1 {variant}\s+[0-9.]+\s+[0-9.]+\s+[0-9.]+\s+[0-9.]+\s+[0-9.]+%", line)
+                   for line in lines), variant
+    rows = {line.split()[0]: line for line in lines[-5:]}
+    assert set(rows) == {"CUTE80", "IIIT5k", "SVT", "SVTP", "all"}
+    header = next(line for line in lines if line.startswith("test set"))
+    columns = re.findall(r"(\w+(?: ONNX| image)?) = fp32", header)
+    assert columns == ["bf16", "int8 ONNX", "fp32 ONNX", "int8 image"]
+    assert rows["all"].split()[1] == "24"  # 6 images of each set
+    assert re.findall(r"(\d+\.\d+)% \(", rows["all"])[columns.index("fp32 ONNX")] == "100.00"
