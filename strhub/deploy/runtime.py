@@ -226,7 +226,8 @@ class OnnxReader:
 
     def _cross_memories(self, image_memory: Arrays, passes: List[Tensor]) -> List[Arrays]:
         """The cross decoder's memory for each visual pass. A sample whose caption is the previous pass's keeps its
-        rows (as `CLIP4STR.caption_kv` encodes each distinct caption once)."""
+        rows: a refinement pass mostly repeats the captions of the pass before (PyTorch's text encoder computes each
+        distinct caption prefix once: `clip_blocks.encode_text_tokens`)."""
         caption_ids = self._caption_ids(passes[0])
         memories = [self.run("caption", {"caption_ids": caption_ids, **image_memory})]
         for logits in passes[1:]:
