@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Any, Callable, Dict, Tuple
 
 import numpy as np
+from hostile import Payload
 from hypothesis import settings
 from hypothesis import strategies as st
 from PIL import Image
@@ -61,15 +62,6 @@ def bad_image(draw: st.DrawFn) -> bytes:
     whole = GOOD_IMAGES[draw(st.sampled_from(["rgb", "cmyk", "16-bit", "jpeg"]))][1]()
     return whole[:draw(st.integers(1, len(whole) // 2))]
 
-
-class Payload:
-    """Unpickling it creates the file `marker`: the stand-in for `os.system(...)` in a hostile file."""
-
-    def __init__(self, marker: Path) -> None:
-        self.marker = marker
-
-    def __reduce__(self):
-        return open, (str(self.marker), "w")
 
 
 def hostile_pickle(marker: Path, protocol: int) -> bytes:

@@ -13,6 +13,7 @@ from typing import Dict, List
 import pytest
 import torch
 from conftest import REAL_COUNTS, REAL_SAMPLE
+from hostile import Payload
 from multiscript import SCRIPT_WORDS, gb2312_level1, script_fonts
 from nltk import edit_distance
 
@@ -34,15 +35,6 @@ REPO = Path(__file__).resolve().parents[1]
 TEST_IMAGES = REPO / "misc" / "test_images"
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 
-
-class Payload:
-    """Unpickling it creates the file `marker`, as a hostile checkpoint's `os.system(...)` would run."""
-
-    def __init__(self, marker: Path) -> None:
-        self.marker = marker
-
-    def __reduce__(self):
-        return open, (str(self.marker), "w")
 
 
 def run(args: List[str], env: Dict[str, str] = None) -> subprocess.CompletedProcess:

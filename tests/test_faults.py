@@ -12,6 +12,7 @@ import pytest
 import torch
 from conftest import make_tiny_model
 from faults import inject
+from hostile import Payload
 from runs import train, train_command
 
 from strhub.app.overrides import check_sections
@@ -30,15 +31,6 @@ from strhub.training.callbacks import (
 
 BEST = "epoch=0-step=2-val_accuracy=99.0000-val_NED=99.0000.ckpt"
 
-
-class Payload:
-    """Unpickling it creates the file `marker`: the stand-in for `os.system(...)` in a hostile checkpoint."""
-
-    def __init__(self, marker: Path) -> None:
-        self.marker = marker
-
-    def __reduce__(self):
-        return open, (str(self.marker), "w")
 
 
 def write_raw_pickle(path: Path, payload: Payload) -> None:

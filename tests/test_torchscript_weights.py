@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 import torch
 from conftest import TINY_ARCH
-from fuzz import Payload
+from hostile import Payload
 
 from strhub.models.clip import build_clip, load_pretrained_clip, read_clip_state_dict
 from strhub.models.safe_load import InvalidCheckpointError
