@@ -104,7 +104,8 @@ def agreement(runs: Dict[str, Run], model: Any, root: Path, batch: int, limit: i
     variants = [name for name in runs if name != "fp32"]
     print(f"{'test set':<12} {'images':>6} {'fp32 right':>10} " + " ".join(f"{name + ' = fp32 (of right)':>29}"
                                                                        for name in variants))
-    totals: Dict[str, List[int]] = {name: [0, 0] for name in ["images", "right", *variants]}
+    totals = {name: [0, 0] for name in variants}
+    total_images = total_right = 0
     for lmdb in find_lmdbs(root):
         dataset = LmdbDataset(lmdb, model.charset_adapter.charset, model.max_label_length, transform=transform)
         count = min(len(dataset), limit) if limit else len(dataset)
@@ -120,10 +121,10 @@ def agreement(runs: Dict[str, Run], model: Any, root: Path, batch: int, limit: i
                 agrees = [a == b for a, b in zip(strings[name], strings["fp32"])]
                 same[name][0] += sum(agrees)
                 same[name][1] += sum(a and r for a, r in zip(agrees, reads_right))
-        for name, (all_same, right_same) in [("images", (images, 0)), ("right", (right, 0)), *same.items()]:
-            totals[name] = [totals[name][0] + all_same, totals[name][1] + right_same]
+        total_images, total_right = total_images + images, total_right + right
+        totals = {name: [total + count for total, count in zip(totals[name], same[name])] for name in variants}
         _agreement_row(lmdb.name, images, right, same)
-    _agreement_row("all", totals["images"][0], totals["right"][0], {name: totals[name] for name in variants})
+    _agreement_row("all", total_images, total_right, totals)
 
 
 def _agreement_row(name: str, images: int, right: int, same: Dict[str, List[int]]) -> None:
